@@ -1,0 +1,38 @@
+"""The recipe: one frozen, typed tree of sections. Field descriptions here feed the CLI help and docs."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator
+
+from ._base import Section
+from .adapter import AdapterSpec
+from .data import DataSpec
+from .eval import EvalSpec
+from .model import ModelSpec, QuantizationSpec
+from .output import OutputSpec
+from .train import TrainSpec
+
+
+class Recipe(Section):
+    name: str = Field(..., description="run name; default run directory is runs/<name>")
+    description: str = Field("", description="free text, copied into the run directory")
+    model: ModelSpec
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    data: DataSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' or '-' (it names a directory)")
+        return v
+
+
+__all__ = [
+    "AdapterSpec", "DataSpec", "EvalSpec", "ModelSpec", "OutputSpec", "QuantizationSpec", "Recipe", "Section", "TrainSpec",
+]
