@@ -1,0 +1,33 @@
+"""peftkit: parameter-efficient fine-tuning from one recipe.
+
+    import peftkit
+    recipe = peftkit.load_recipe("recipes/quickstart.yaml", overrides=["train.lr=1e-4"])
+    result = peftkit.train(recipe)       # -> RunResult(run_dir, metrics, params)
+
+Heavy libraries (torch, transformers) are imported by the functions that need them, so validating a
+recipe or printing help stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import DataError, ModelError, PeftkitError, RecipeError, RunDirError
+from .recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    from .train.session import RunResult
+
+__version__ = "0.1.0"
+
+
+def train(recipe: Recipe, **kwargs) -> "RunResult":
+    """Train the recipe's adapter and write its run directory. See peftkit.train.session.train."""
+    from .train.session import train as _train
+
+    return _train(recipe, **kwargs)
+
+
+__all__ = [
+    "DataError", "ModelError", "PeftkitError", "Recipe", "RecipeError", "RunDirError", "load_recipe", "train",
+]

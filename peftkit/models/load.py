@@ -1,0 +1,104 @@
+"""Base model + tokenizer from a ModelSpec: zoo alias, local folder or hub id, optionally bitsandbytes-quantized."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+)
+
+from ..errors import ModelError
+from ..recipe.schema import ModelSpec, QuantizationSpec
+from .fingerprint import fingerprint_folder
+from .zoo import ResolvedBase, resolve_base
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Classification heads are trained in full (modules_to_save), so they must stay un-quantized.
+HEAD_MODULES = ("score", "classifier", "pre_classifier")
+
+
+@dataclass(frozen=True)
+class LoadedBase:
+    model: torch.nn.Module
+    tokenizer: object
+    source: ResolvedBase
+    fingerprint: str | None
+
+
+def bnb_config(q: QuantizationSpec, *, task: str) -> BitsAndBytesConfig | None:
+    if q.bits is None:
+        return None
+    skip = list(q.skip_modules) + (list(HEAD_MODULES) if task == "sequence_classification" else [])
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip or None)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
+        bnb_4bit_quant_storage=torch.uint8,
+        llm_int8_skip_modules=skip or None,
+    )
+
+
+def load_tokenizer(spec: ModelSpec, source: ResolvedBase | None = None):
+    source = source or resolve_base(spec.base)
+    try:
+        return AutoTokenizer.from_pretrained(source.path_or_id, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_failure(spec.base, source, exc)) from None
+
+
+def load_base(
+    spec: ModelSpec, *, num_labels: int | None = None, label_names: tuple[str, ...] | None = None
+) -> LoadedBase:
+    """Loads frozen base weights; the adapter is attached later by peftkit.adapters."""
+    source = resolve_base(spec.base)
+    tokenizer = load_tokenizer(spec, source)
+    kwargs = dict(
+        dtype=DTYPES[spec.dtype],
+        quantization_config=bnb_config(spec.quantization, task=spec.task),
+        trust_remote_code=spec.trust_remote_code,
+        attn_implementation=spec.attn_implementation,
+    )
+    if spec.quantization.bits is not None and not torch.cuda.is_available():
+        kwargs["device_map"] = {"": "cpu"}
+    try:
+        if spec.task == "sequence_classification":
+            if not num_labels:
+                raise ModelError("model.task: sequence_classification needs labelled data (data.format: classification)")
+            cfg = AutoConfig.from_pretrained(source.path_or_id, trust_remote_code=spec.trust_remote_code)
+            names = list(label_names or [str(i) for i in range(num_labels)])
+            cfg.num_labels = num_labels
+            cfg.id2label = dict(enumerate(names))
+            cfg.label2id = {n: i for i, n in enumerate(names)}
+            model = AutoModelForSequenceClassification.from_pretrained(source.path_or_id, config=cfg, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source.path_or_id, **kwargs)
+    except ModelError:
+        raise
+    except (OSError, ValueError, ImportError) as exc:
+        raise ModelError(_load_failure(spec.base, source, exc)) from None
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    for p in model.parameters():
+        p.requires_grad_(False)
+    fp = fingerprint_folder(Path(source.path_or_id)) if source.kind != "hub" else None
+    return LoadedBase(model=model, tokenizer=tokenizer, source=source, fingerprint=fp)
+
+
+def _load_failure(base: str, source: ResolvedBase, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if source.kind == "hub":
+        return (
+            f"model.base {base!r}: not a zoo alias or local folder, and loading it from the model hub failed "
+            f"(offline? see `peftkit models list`): {first}"
+        )
+    return f"model.base {base!r}: cannot load {source.path_or_id}: {first}"

@@ -1,0 +1,133 @@
+"""train(recipe): set up, measure before, fit, measure after, write the run directory."""
+
+from __future__ import annotations
+
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from ..adapters import ParamReport, attach_adapter, param_report
+from ..data import build_data, ensure_pad_token, make_collator
+from ..eval.measure import Measurement, measure
+from ..models.load import load_base, load_tokenizer
+from ..recipe import Recipe, recipe_to_yaml
+from ..rundir import default_run_dir, prepare_run_dir, versions, write_atomic, write_json
+from .batches import EpochBatches, endless
+from .loop import FitState, fit
+from .optim import build_optimizer, build_scheduler
+from .progress import TrainProgress
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    params: ParamReport
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def train(recipe: Recipe, *, run_dir: str | Path | None = None, force: bool = False, console: Console | None = None) -> RunResult:
+    console = console or Console(stderr=True)
+    t_start = time.perf_counter()
+    out = prepare_run_dir(Path(run_dir) if run_dir else default_run_dir(recipe), overwrite=force or recipe.output.overwrite)
+    seed_everything(recipe.train.seed)
+
+    tokenizer = load_tokenizer(recipe.model)
+    data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.data.seed or recipe.train.seed,
+                      task=recipe.model.task)
+    ensure_pad_token(tokenizer, stop_token_ids=data.stop_token_ids)
+    base = load_base(recipe.model, num_labels=len(data.label_names or ()) or None, label_names=data.label_names)
+    model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task)
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    params = param_report(model)
+    console.print(f"[bold]{recipe.name}[/]: {base.source.path_or_id} + {recipe.adapter.method}, {params}", highlight=False)
+
+    accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not torch.cuda.is_available())
+    collate = make_collator(tokenizer, packing=recipe.data.packing, task=recipe.model.task)
+    sampler = EpochBatches(len(data.train), recipe.train.batch_size, recipe.train.seed)
+    loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe.train)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    scheduler = build_scheduler(optimizer, recipe.train)
+
+    eval_bs = recipe.eval.batch_size or recipe.train.batch_size
+    eval_collate = make_collator(tokenizer, packing=False, task=recipe.model.task)
+
+    def score(label: str) -> Measurement:
+        m = measure(accelerator.unwrap_model(model), tokenizer, data.eval, recipe.eval, collate=eval_collate,
+                    batch_size=eval_bs, device=accelerator.device, stop_token_ids=data.stop_token_ids,
+                    num_labels=len(data.label_names or ()) or None)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
+        console.print(f"eval {label}: {shown}  ({m.examples} examples, {m.seconds:.1f}s)", highlight=False)
+        return m
+
+    before = score("before") if recipe.eval.before else None
+    state = FitState()
+    with TrainProgress(recipe.train.max_steps, console, log_every=recipe.train.log_every) as bar:
+        fit(model, optimizer, scheduler, endless(loader, sampler), accelerator, recipe.train, state, on_step=bar.update)
+    after = score("after")
+
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(out / "adapter", safe_serialization=True)
+    tokenizer.save_pretrained(out / "adapter")
+    write_atomic(out / "recipe.yaml", recipe_to_yaml(recipe))
+    write_json(out / "meta.json", {
+        "peftkit_command": " ".join(sys.argv),
+        "versions": versions(),
+        "base": {"model": recipe.model.base, "resolved": base.source.path_or_id, "kind": base.source.kind,
+                 "fingerprint": base.fingerprint},
+        "quantization": recipe.model.quantization.model_dump(mode="json"),
+        "trust_remote_code": recipe.model.trust_remote_code,
+        "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "data": data.report.to_dict(),
+        "params": {"trainable": params.trainable, "total": params.total},
+    })
+    wall = time.perf_counter() - t_start
+    eval_s = (before.seconds if before else 0.0) + after.seconds
+    metrics = {
+        "train": {
+            "steps": state.step,
+            "final_loss": state.curve[-1]["loss"] if state.curve else None,
+            "loss_curve": state.curve,
+            "tokens": state.tokens,
+            "trained_tokens": state.trained_tokens,
+            "tokens_per_s": state.tokens / max(state.train_s, 1e-9),
+            "trained_tokens_per_s": state.trained_tokens / max(state.train_s, 1e-9),
+            "train_s": state.train_s,
+            "wall_s": wall,
+            "eval_share": eval_s / max(wall, 1e-9),
+            "peak_memory_mb": peak_memory_mb(),
+        },
+        "eval": {
+            "before": before.metrics if before else None,
+            "after": after.metrics,
+            "examples": after.examples,
+            "samples_after": list(after.samples),
+        },
+    }
+    write_json(out / "metrics.json", metrics)
+    console.print(f"run directory: {out}", highlight=False)
+    return RunResult(run_dir=out, metrics=metrics, params=params)
