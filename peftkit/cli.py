@@ -7,6 +7,7 @@ import json
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import PeftkitError
 
@@ -58,11 +59,11 @@ def cmd_models_list(args) -> int:
 
     rows = list_models()
     if args.json:
-        print(json.dumps([r.__dict__ | {"path": str(r.path)} for r in rows], indent=2, default=str))
+        print(json.dumps([r.__dict__ | {"path": str(r.path) if r.path else None} for r in rows], indent=2))
         return 0
     for r in rows:
         state = f"pulled: {r.path}" if r.pulled else "not pulled (peftkit models pull " + r.alias + ")"
-        out.print(f"[bold]{r.alias}[/]  {r.description}  [{state}]", highlight=False)
+        out.print(f"[bold]{r.alias}[/]  {escape(r.description)}  {escape('[' + state + ']')}", highlight=False)
     return 0
 
 

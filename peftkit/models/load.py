@@ -17,7 +17,7 @@ from transformers import (
 from ..errors import ModelError
 from ..recipe.schema import ModelSpec, QuantizationSpec
 from .fingerprint import fingerprint_folder
-from .zoo import ResolvedBase, resolve_base
+from .zoo import ResolvedBase, hub_unreachable_message, resolve_base
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Classification heads are trained in full (modules_to_save), so they must stay un-quantized.
@@ -97,8 +97,5 @@ def load_base(
 def _load_failure(base: str, source: ResolvedBase, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if source.kind == "hub":
-        return (
-            f"model.base {base!r}: not a zoo alias or local folder, and loading it from the model hub failed "
-            f"(offline? see `peftkit models list`): {first}"
-        )
+        return f"{hub_unreachable_message(base)} ({first})"
     return f"model.base {base!r}: cannot load {source.path_or_id}: {first}"

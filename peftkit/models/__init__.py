@@ -1,0 +1,1 @@
+"""Base models: the offline zoo (zoo.py) and GGUF import (gguf_import.py)."""
