@@ -33,6 +33,41 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _bundle(args):
+    from pathlib import Path
+
+    from . import load_recipe
+    from .data import build_data
+    from .models.load import load_tokenizer
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    tok = load_tokenizer(recipe.model)
+    bundle = build_data(recipe.data, tok, base_dir=Path(args.recipe).resolve().parent, seed=recipe.train.seed,
+                        task=recipe.model.task, source_file=args.recipe)
+    return recipe, tok, bundle
+
+
+def cmd_data_preview(args) -> int:
+    from .data.preview import render_preview
+
+    _, tok, bundle = _bundle(args)
+    out.print(render_preview(bundle, tok, args.n, split=args.split, plain=args.plain or not out.is_terminal))
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    from .data.preview import compute_stats, render_stats
+
+    recipe, _, bundle = _bundle(args)
+    tr = compute_stats(bundle, batch_size=recipe.train.batch_size)
+    ev = compute_stats(bundle, batch_size=recipe.eval.batch_size or recipe.train.batch_size, split="eval")
+    if args.json:
+        print(json.dumps({"train": tr.to_dict(), "eval": ev.to_dict(), "report": bundle.report.to_dict()}, indent=2))
+    else:
+        out.print(render_stats(tr, ev))
+    return 0
+
+
 def cmd_recipes_validate(args) -> int:
     from . import load_recipe
 
@@ -91,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipes_validate)
     p = recipes.add_parser("keys", help="every recipe key with its type, default and meaning")
     p.set_defaults(func=cmd_recipes_keys)
+
+    data = sub.add_parser("data", help="see what the recipe's data becomes").add_subparsers(dest="sub", required=True)
+    p = data.add_parser("preview", help="rendered examples; trained tokens highlighted ([[...]] when not a terminal)")
+    _add_recipe_args(p)
+    p.add_argument("-n", type=int, default=3, help="examples to show")
+    p.add_argument("--split", choices=("train", "eval"), default="train")
+    p.add_argument("--plain", action="store_true", help="mark trained spans with [[...]] instead of colour")
+    p.set_defaults(func=cmd_data_preview)
+    p = data.add_parser("stats", help="examples, tokens, trained tokens, truncation, lengths, padding waste")
+    _add_recipe_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_stats)
 
     models = sub.add_parser("models", help="the offline model zoo").add_subparsers(dest="sub", required=True)
     p = models.add_parser("list", help="zoo aliases and whether they are pulled")

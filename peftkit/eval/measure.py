@@ -37,7 +37,7 @@ def eval_loss(model, examples: list[dict], collate: Callable, batch_size: int, d
         n = int(labels.numel()) if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
         if n == 0:
             continue
-        out = model(**batch)
+        out = model(**batch, use_cache=False) if labels.dim() == 2 else model(**batch)
         total += out.loss.float().item() * n
         count += n
     model.train(was_training)

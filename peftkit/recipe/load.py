@@ -14,7 +14,8 @@ from pydantic import BaseModel, ValidationError
 from ..errors import PeftkitError, Problem, RecipeError
 from .schema import Recipe
 
-# Keys that hold filesystem paths; relative values are resolved against the recipe's folder.
+# Keys that hold filesystem paths (and data.mix[*].path); relative values are resolved against the recipe's
+# folder, so the resolved recipe written into a run directory works from anywhere.
 PATH_KEYS = (("data", "path"), ("data", "eval_path"))
 
 
@@ -83,8 +84,10 @@ def _apply_override(data: dict, item: str) -> list[Problem]:
 
 
 def _resolve_paths(data: dict, base_dir: Path) -> None:
-    for section, key in PATH_KEYS:
-        node = data.get(section)
+    nodes = [(data.get(section), key) for section, key in PATH_KEYS]
+    mix = data.get("data", {}).get("mix") if isinstance(data.get("data"), dict) else None
+    nodes += [(item, "path") for item in mix] if isinstance(mix, list) else []
+    for node, key in nodes:
         if not isinstance(node, dict) or not isinstance(node.get(key), str):
             continue
         value = node[key]
@@ -107,7 +110,9 @@ def _problems(exc: ValidationError) -> list[Problem]:
             problem = Problem(key, "required key is missing")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            problem = Problem(key, msg, err.get("input"), True)
+            value = err.get("input")
+            # a rule across a section's fields names the section; echoing the whole section is noise
+            problem = Problem(key, msg, value, not isinstance(value, dict))
         if key in merged and kind != "extra_forbidden":
             old = merged[key]  # a union reports once per member: join them
             problem = Problem(key, f"{old.message}, or {problem.message.lower()}", old.value, old.has_value)

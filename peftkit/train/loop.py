@@ -35,6 +35,7 @@ class FitState:
     tokens: int = 0
     trained_tokens: int = 0
     train_s: float = 0.0
+    skipped: int = 0     # non-finite steps skipped under train.skip_nonfinite
     curve: list[dict] = field(default_factory=list)
 
 
@@ -62,6 +63,7 @@ def fit(
     state: FitState,
     *,
     on_step: Callable[[StepLog], None] = lambda log: None,
+    checkpoint: Callable[[FitState], None] = lambda state: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> FitState:
     params = [p for p in model.parameters() if p.requires_grad]
@@ -78,18 +80,25 @@ def fit(
             # gradients are all-reduced once per optimizer step, on the last micro-batch
             with accelerator.no_sync(model) if i < len(micro) - 1 else nullcontext():
                 if causal:
-                    out = model(**batch, num_items_in_batch=max(n_items, 1))
+                    # no KV cache: transformers only keeps packed examples apart (by position_ids) without one
+                    out = model(**batch, use_cache=False, num_items_in_batch=max(n_items, 1))
                     loss = out.loss * accelerator.num_processes  # DDP averages gradients over processes
                 else:
                     out = model(**batch)
                     loss = out.loss * _trained(batch) / max(n_local, 1)
                 accelerator.backward(loss)
                 loss_sum += loss.detach().float().item() / accelerator.num_processes
-        if not math.isfinite(loss_sum):
-            raise TrainingAborted(f"train: loss became {loss_sum} at step {state.step + 1}; lower train.lr or check the data")
-        grad_norm = None
-        if spec.max_grad_norm is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(params, spec.max_grad_norm))
+        grad_norm = float(accelerator.clip_grad_norm_(params, spec.max_grad_norm or math.inf))
+        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            state.micro_batches += spec.grad_accum  # the bad batch is passed over, also after a resume
+            if state.skipped >= spec.skip_nonfinite:
+                raise TrainingAborted(
+                    f"train: non-finite loss/gradient ({loss_sum}/{grad_norm}) at step {state.step + 1}; "
+                    "lower train.lr, check the data, or allow train.skip_nonfinite"
+                )
+            state.skipped += 1
+            continue
         optimizer.step()
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
@@ -104,4 +113,6 @@ def fit(
         if state.step % spec.log_every == 0 or state.step in (1, spec.max_steps):
             state.curve.append({"step": log.step, "loss": round(log.loss, 6), "lr": lr, "elapsed_s": round(log.elapsed_s, 3)})
         on_step(log)
+        if spec.checkpoint_every and (state.step % spec.checkpoint_every == 0 or state.step == spec.max_steps):
+            checkpoint(state)
     return state

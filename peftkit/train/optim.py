@@ -30,4 +30,4 @@ def build_optimizer(params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.
 
 def build_scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec):
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[spec.schedule]
-    return get_scheduler(name, optimizer, num_warmup_steps=spec.warmup_steps, num_training_steps=spec.max_steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=min(spec.warmup_steps, spec.max_steps), num_training_steps=spec.max_steps)

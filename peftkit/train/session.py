@@ -1,7 +1,8 @@
-"""train(recipe): set up, measure before, fit, measure after, write the run directory."""
+"""train(recipe): set up, measure before, fit (checkpointing), measure after, write the run directory."""
 
 from __future__ import annotations
 
+import json
 import random
 import resource
 import sys
@@ -17,11 +18,14 @@ from torch.utils.data import DataLoader
 
 from ..adapters import ParamReport, attach_adapter, param_report
 from ..data import build_data, ensure_pad_token, make_collator
-from ..eval.measure import Measurement, measure
+from ..errors import ModelError, RunDirError, TrainingAborted
+from ..eval.measure import measure
 from ..models.load import load_base, load_tokenizer
 from ..recipe import Recipe, recipe_to_yaml
 from ..rundir import default_run_dir, prepare_run_dir, versions, write_atomic, write_json
 from .batches import EpochBatches, endless
+from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
+from .interrupt import GracefulStop
 from .loop import FitState, fit
 from .optim import build_optimizer, build_scheduler
 from .progress import TrainProgress
@@ -32,6 +36,7 @@ class RunResult:
     run_dir: Path
     metrics: dict
     params: ParamReport
+    resumed_from: int | None = None  # step of the checkpoint this run continued from
 
 
 def seed_everything(seed: int) -> None:
@@ -46,17 +51,43 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def train(recipe: Recipe, *, run_dir: str | Path | None = None, force: bool = False, console: Console | None = None) -> RunResult:
+def _open_run_dir(recipe: Recipe, run_dir, force: bool, resume: bool) -> tuple[Path, tuple[Path, dict] | None]:
+    out = Path(run_dir) if run_dir else default_run_dir(recipe)
+    resume = resume or recipe.train.resume == "auto"
+    found = latest_valid(out / "checkpoints") if resume and out.is_dir() else None
+    if found is None:
+        if resume and recipe.train.resume != "auto":
+            raise RunDirError(f"{out}: no valid checkpoint to resume from (train.checkpoint_every sets how often they are written)")
+        prepare_run_dir(out, overwrite=force or recipe.output.overwrite)
+    return out, found
+
+
+def _check_same_base(out: Path, fingerprint: str | None) -> None:
+    meta_file = out / "meta.json"
+    if not meta_file.is_file():
+        return
+    recorded = json.loads(meta_file.read_text()).get("base", {}).get("fingerprint")
+    if recorded and fingerprint and recorded != fingerprint:
+        raise ModelError(f"{out}: checkpoint was trained on base {recorded}, but model.base now has weights {fingerprint}")
+
+
+def train(
+    recipe: Recipe, *, run_dir: str | Path | None = None, force: bool = False, resume: bool = False,
+    console: Console | None = None,
+) -> RunResult:
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
-    out = prepare_run_dir(Path(run_dir) if run_dir else default_run_dir(recipe), overwrite=force or recipe.output.overwrite)
+    out, found = _open_run_dir(recipe, run_dir, force, resume)
     seed_everything(recipe.train.seed)
 
     tokenizer = load_tokenizer(recipe.model)
     data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.data.seed or recipe.train.seed,
                       task=recipe.model.task)
     ensure_pad_token(tokenizer, stop_token_ids=data.stop_token_ids)
-    base = load_base(recipe.model, num_labels=len(data.label_names or ()) or None, label_names=data.label_names)
+    num_labels = len(data.label_names or ()) or None
+    base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names)
+    if found:
+        _check_same_base(out, base.fingerprint)
     model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task)
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -69,31 +100,11 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, force: bool = Fa
     sampler = EpochBatches(len(data.train), recipe.train.batch_size, recipe.train.seed)
     loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe.train)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = build_scheduler(optimizer, recipe.train)
-
-    eval_bs = recipe.eval.batch_size or recipe.train.batch_size
-    eval_collate = make_collator(tokenizer, packing=False, task=recipe.model.task)
-
-    def score(label: str) -> Measurement:
-        m = measure(accelerator.unwrap_model(model), tokenizer, data.eval, recipe.eval, collate=eval_collate,
-                    batch_size=eval_bs, device=accelerator.device, stop_token_ids=data.stop_token_ids,
-                    num_labels=len(data.label_names or ()) or None)
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
-        console.print(f"eval {label}: {shown}  ({m.examples} examples, {m.seconds:.1f}s)", highlight=False)
-        return m
-
-    before = score("before") if recipe.eval.before else None
-    state = FitState()
-    with TrainProgress(recipe.train.max_steps, console, log_every=recipe.train.log_every) as bar:
-        fit(model, optimizer, scheduler, endless(loader, sampler), accelerator, recipe.train, state, on_step=bar.update)
-    after = score("after")
-
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(out / "adapter", safe_serialization=True)
-    tokenizer.save_pretrained(out / "adapter")
-    write_atomic(out / "recipe.yaml", recipe_to_yaml(recipe))
-    write_json(out / "meta.json", {
+
+    meta = {
         "peftkit_command": " ".join(sys.argv),
         "versions": versions(),
         "base": {"model": recipe.model.base, "resolved": base.source.path_or_id, "kind": base.source.kind,
@@ -104,9 +115,48 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, force: bool = Fa
         "num_processes": accelerator.num_processes,
         "data": data.report.to_dict(),
         "params": {"trainable": params.trainable, "total": params.total},
-    })
+    }
+    write_atomic(out / "recipe.yaml", recipe_to_yaml(recipe))
+    write_json(out / "meta.json", meta)
+
+    eval_bs = recipe.eval.batch_size or recipe.train.batch_size
+    eval_collate = make_collator(tokenizer, packing=False, task=recipe.model.task)
+
+    def score(label: str):
+        m = measure(unwrapped, tokenizer, data.eval, recipe.eval, collate=eval_collate, batch_size=eval_bs,
+                    device=accelerator.device, stop_token_ids=data.stop_token_ids, num_labels=num_labels)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
+        console.print(f"eval {label}: {shown}  ({m.examples} examples, {m.seconds:.1f}s)", highlight=False)
+        return m
+
+    state, extra, resumed_from = FitState(), {}, None
+    if found:
+        state, extra = load_checkpoint(found[0], found[1], unwrapped, optimizer, scheduler)
+        resumed_from = state.step
+        console.print(f"resuming from {found[0]} (step {state.step})", highlight=False)
+    elif recipe.eval.before:
+        m = score("before")
+        extra = {"before": m.metrics, "before_s": m.seconds}
+
+    def checkpoint(s: FitState) -> None:
+        save_checkpoint(out / "checkpoints", unwrapped, optimizer, scheduler, s, extra=extra,
+                        keep=recipe.train.keep_checkpoints)
+
+    with GracefulStop() as stop, TrainProgress(recipe.train.max_steps, console, log_every=recipe.train.log_every,
+                                                start=state.step) as bar:
+        fit(model, optimizer, scheduler, endless(loader, sampler, start=state.micro_batches), accelerator,
+            recipe.train, state, on_step=bar.update, checkpoint=checkpoint, should_stop=stop)
+    if stop.requested:
+        checkpoint(state)
+        raise TrainingAborted(
+            f"{stop.requested} at step {state.step}: checkpoint written; resume with: peftkit train --resume {out}"
+        )
+    after = score("after")
+
+    unwrapped.save_pretrained(out / "adapter", safe_serialization=True)
+    tokenizer.save_pretrained(out / "adapter")
     wall = time.perf_counter() - t_start
-    eval_s = (before.seconds if before else 0.0) + after.seconds
+    eval_s = extra.get("before_s", 0.0) + after.seconds
     metrics = {
         "train": {
             "steps": state.step,
@@ -120,9 +170,10 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, force: bool = Fa
             "wall_s": wall,
             "eval_share": eval_s / max(wall, 1e-9),
             "peak_memory_mb": peak_memory_mb(),
+            "skipped_nonfinite": state.skipped,
         },
         "eval": {
-            "before": before.metrics if before else None,
+            "before": extra.get("before"),
             "after": after.metrics,
             "examples": after.examples,
             "samples_after": list(after.samples),
@@ -130,4 +181,4 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, force: bool = Fa
     }
     write_json(out / "metrics.json", metrics)
     console.print(f"run directory: {out}", highlight=False)
-    return RunResult(run_dir=out, metrics=metrics, params=params)
+    return RunResult(run_dir=out, metrics=metrics, params=params, resumed_from=resumed_from)

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ._base import Section
 
 Format = Literal["alpaca", "chat", "completion", "prompt_completion", "classification"]
+ChatTemplate = Literal["auto", "tokenizer", "chatml", "llama3", "zephyr"]
+
+# Logical column names each format reads; `data.columns` maps them to the names in the user's rows.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "alpaca": ("instruction", "input", "output", "system"),
+    "chat": ("messages", "role", "content", "tools", "system"),
+    "completion": ("text",),
+    "prompt_completion": ("prompt", "completion", "system"),
+    "classification": ("text", "text_pair", "label"),
+}
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class MixSource(Section):
+    path: str = Field(..., description="another data file or folder mixed into training (same format and columns)")
+    limit: int | None = Field(None, ge=1, description="use at most this many examples of this source")
 
 
 class DataSpec(Section):
@@ -23,9 +39,79 @@ class DataSpec(Section):
     train_on_inputs: bool = Field(False, description="also train on prompts / user turns (default: responses only)")
     packing: bool = Field(False, description="pack several examples per row, attention kept within each example")
     seed: int | None = Field(None, description="shuffle seed (default: train.seed)")
+    columns: dict[str, str] = Field(
+        {},
+        description="field names in your rows, e.g. {messages: conversations, text: sentence} (defaults: the logical names)",
+    )
+    chat_template: ChatTemplate = Field(
+        "auto", description="auto (the tokenizer's, chatml if it has none), tokenizer, or a named one: chatml, llama3, zephyr"
+    )
+    prompt_template: str | None = Field(
+        None,
+        description="alpaca / prompt_completion: chat (via chat_template), alpaca (the classic text), or a format "
+        "string with {instruction} {input} / {prompt}; default: chat for alpaca when a chat template exists, raw prompt "
+        "for prompt_completion",
+    )
+    system_prompt: str | None = Field(None, description="system turn added to rows that have none")
+    roles: dict[str, str] = Field(
+        {},
+        description="extra source role -> system|user|assistant|tool (human, gpt, function_call, observation are known)",
+    )
+    transcript_roles: dict[str, str] | None = Field(
+        None,
+        description="chat rows given as one text transcript: speaker marker -> role, e.g. {Human: user, Assistant: assistant}",
+    )
+    tools_prompt: str = Field(
+        "You are a helpful assistant with access to the following functions. Use them if required:\n{tools}",
+        description="system text for rows with a non-empty tools column; {tools} is replaced by the JSON list",
+    )
+    label_names: tuple[str, ...] | None = Field(
+        None, description="classification: label names in id order (default: the sorted distinct labels)"
+    )
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="error stops at the first bad row; skip drops it and counts it in the report"
+    )
+    mix: tuple[MixSource, ...] = Field((), description="more training sources mixed with path and shuffled together")
 
     @model_validator(mode="after")
     def _eval_source(self):
         if self.eval_path is None and self.eval_fraction == 0.0 and not self.path.startswith("builtin:"):
             raise ValueError("needs eval_path or eval_fraction > 0 to measure eval loss")
         return self
+
+    @model_validator(mode="after")
+    def _columns_for_format(self):
+        known = COLUMNS[self.format]
+        unknown = sorted(set(self.columns) - set(known))
+        if unknown:
+            raise ValueError(f"columns {unknown} are not read by format {self.format} (it reads {', '.join(known)})")
+        return self
+
+    @model_validator(mode="after")
+    def _packing_is_causal(self):
+        if self.packing and self.format == "classification":
+            raise ValueError("packing applies to causal LM formats, not classification")
+        return self
+
+    @model_validator(mode="after")
+    def _prompt_template_fits(self):
+        t = self.prompt_template
+        if t is None or t == "chat":
+            return self
+        if self.format == "alpaca" and t != "alpaca" and "{instruction}" not in t:
+            raise ValueError("prompt_template for alpaca must be chat, alpaca, or contain {instruction}")
+        if self.format == "prompt_completion" and t == "alpaca":
+            raise ValueError("prompt_template alpaca applies to format alpaca; use chat or a string with {prompt}")
+        if self.format == "prompt_completion" and "{prompt}" not in t:
+            raise ValueError("prompt_template for prompt_completion must be chat or contain {prompt}")
+        if self.format not in ("alpaca", "prompt_completion"):
+            raise ValueError(f"prompt_template applies to alpaca and prompt_completion, not {self.format}")
+        return self
+
+    @field_validator("roles", "transcript_roles")
+    @classmethod
+    def _known_roles(cls, v):
+        bad = sorted({r for r in (v or {}).values() if r not in ROLES})
+        if bad:
+            raise ValueError(f"roles map to system, user, assistant or tool (got {', '.join(bad)})")
+        return v

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ._base import Section
 
@@ -15,7 +15,7 @@ class TrainSpec(Section):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(2e-4, gt=0, le=1.0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps (capped at max_steps, so short runs need no edit)")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip gradients to this norm; null disables")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(
@@ -24,12 +24,12 @@ class TrainSpec(Section):
     seed: int = Field(42, description="seeds python, numpy, torch and data order")
     log_every: int = Field(10, ge=1, description="steps between logged loss points")
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between resumable checkpoints; null: none")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    resume: Literal["never", "auto"] = Field(
+        "never", description="auto: continue from the newest valid checkpoint in the run directory"
+    )
+    skip_nonfinite: int = Field(0, ge=0, description="NaN/inf steps skipped (and counted) before the run stops")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Accelerate autocast; 'no' keeps adapter math fp32 on top of the base dtype"
     )
-
-    @model_validator(mode="after")
-    def _warmup_within_run(self):
-        if self.warmup_steps > self.max_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
-        return self

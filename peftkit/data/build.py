@@ -1,0 +1,257 @@
+"""`build_data`: the recipe's data section + a tokenizer -> tokenized train/eval examples and a report.
+
+Order: read rows -> split off eval (separate file, or a seeded fraction) -> shuffle train (seeded) -> render,
+mask and tokenize until data.limit examples are kept -> report what was truncated, dropped and skipped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError, Problem, RecipeError
+from ..recipe.schema.data import DataSpec
+from .bundle import IGNORE, DataBundle, DataReport, RowProblem, SplitReport
+from .formats import RenderPlan, col, render_row, text_field
+from .sources import Loaded, Record, load_source
+from .templates import TemplateProblem, has_chat_template, resolve_chat_format, stop_token_ids
+from .tokenize import bos_text, chunk_documents, encode_classification, encode_rendered
+
+CLASSIFICATION_TASKS = ("classification", "sequence_classification")
+
+
+@dataclass
+class _Tally:
+    examples: int = 0
+    tokens: int = 0
+    trained: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    skipped: int = 0
+
+    def add(self, row: dict, truncated: bool) -> None:
+        self.examples += 1
+        self.tokens += len(row["input_ids"])
+        labels = row["labels"]
+        self.trained += 1 if isinstance(labels, int) else sum(1 for x in labels if x != IGNORE)
+        self.truncated += int(truncated)
+
+    def freeze(self) -> SplitReport:
+        return SplitReport(self.examples, self.tokens, self.trained, self.truncated, self.dropped, self.skipped)
+
+
+@dataclass
+class _Rows:
+    """Rows of one split before tokenization, with the bad rows already skipped while reading."""
+
+    records: list[Record] = field(default_factory=list)
+    skipped: int = 0
+
+
+def build_data(spec: DataSpec, tokenizer, *, base_dir: Path, seed: int, task: str = "causal_lm",
+               source_file: str | None = None) -> DataBundle:
+    """`base_dir`: folder relative data paths resolve against (the recipe's). `seed` is used unless data.seed
+    is set. Bad rows raise DataError(file, why, row) unless data.on_bad_row is skip."""
+    _check_task(spec, task, source_file)
+    seed = spec.seed if spec.seed is not None else seed
+    reasons: list[str] = []
+    train, evals, sources = _split_rows(spec, Path(base_dir), seed, reasons)
+    if spec.format == "classification":
+        return _classification(spec, tokenizer, train, evals, sources, reasons)
+    if spec.format == "completion":
+        return _completion(spec, tokenizer, train, evals, sources, reasons, seed)
+    plan = _plan(spec, tokenizer, source_file)
+    t_train, rows_train = _generative(spec, tokenizer, plan, train, reasons, with_prompt=False, limit=spec.limit)
+    t_eval, rows_eval = _generative(spec, tokenizer, plan, evals, reasons, with_prompt=True, limit=None)
+    report = DataReport(t_train.freeze(), t_eval.freeze(), spec.format, plan.name, None, tuple(reasons), sources)
+    return DataBundle(rows_train, rows_eval, report, None, stop_token_ids(tokenizer, plan.chat))
+
+
+def _check_task(spec: DataSpec, task: str, source_file: str | None) -> None:
+    is_cls = task in CLASSIFICATION_TASKS
+    if is_cls != (spec.format == "classification"):
+        need = "model.task: sequence_classification" if spec.format == "classification" else "a generative format"
+        raise RecipeError(source_file, [Problem("data.format", f"does not fit model.task {task}; use {need}",
+                                                spec.format, True)])
+
+
+def _plan(spec: DataSpec, tokenizer, source_file: str | None) -> RenderPlan:
+    template = spec.prompt_template
+    if spec.format == "alpaca" and template is None:
+        template = "chat" if spec.chat_template != "auto" or has_chat_template(tokenizer) else "alpaca"
+    use_chat = spec.format == "chat" or template == "chat"
+    try:
+        chat = resolve_chat_format(tokenizer, spec.chat_template) if use_chat else None
+    except TemplateProblem as e:
+        raise RecipeError(source_file, [Problem("data.chat_template", str(e), spec.chat_template, True)]) from None
+    return RenderPlan(chat, None if use_chat else template, bos_text(tokenizer))
+
+
+# ---- reading and splitting
+
+
+def _split_rows(spec: DataSpec, base_dir: Path, seed: int, reasons: list[str]) -> tuple[_Rows, _Rows, tuple[str, ...]]:
+    rng = random.Random(seed)
+    skip_bad = spec.on_bad_row == "skip"
+    whole_text = spec.format == "completion"
+    builtin = spec.path.startswith("builtin:")
+    if builtin:
+        train, evals = _builtin(spec, seed)
+    else:
+        main = _load(spec.path, base_dir, skip_bad, whole_text, reasons)
+        train, evals = _Rows(list(main.records), main.skipped), _Rows()
+    if spec.eval_path:
+        extra = _load(spec.eval_path, base_dir, skip_bad, whole_text, reasons)
+        evals = _Rows(list(extra.records), extra.skipped)
+    elif not builtin and spec.format != "completion":  # completion holds out its tail windows (_completion)
+        rng.shuffle(train.records)
+        n_eval = _eval_count(len(train.records), spec.eval_fraction)
+        evals, train.records = _Rows(train.records[:n_eval]), train.records[n_eval:]
+    for source in spec.mix:
+        more = _load(source.path, base_dir, skip_bad, whole_text, reasons)
+        records = list(more.records)
+        rng.shuffle(records)
+        train.records += records[: source.limit] if source.limit else records
+        train.skipped += more.skipped
+    if spec.format != "completion":
+        rng.shuffle(train.records)
+    sources = (spec.path, *((spec.eval_path,) if spec.eval_path else ()), *(m.path for m in spec.mix))
+    return train, evals, sources
+
+
+def _eval_count(n: int, fraction: float) -> int:
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(n * fraction)))
+
+
+def _load(path: str, base_dir: Path, skip_bad: bool, whole_text: bool, reasons: list[str]) -> Loaded:
+    loaded = load_source(path, base_dir, skip_bad=skip_bad, whole_text=whole_text)
+    reasons += loaded.reasons[: max(0, 5 - len(reasons))]
+    return loaded
+
+
+def _builtin(spec: DataSpec, seed: int) -> tuple[_Rows, _Rows]:
+    from .builtin import BUILTINS, load_builtin
+
+    name = spec.path.removeprefix("builtin:")
+    try:
+        data = load_builtin(name, seed)
+    except KeyError:
+        raise DataError(spec.path, f"unknown builtin dataset; known: {', '.join(sorted(BUILTINS))}") from None
+    if data.format != spec.format:
+        raise DataError(spec.path, f"is a {data.format} dataset; set data.format: {data.format}")
+    file = f"builtin:{name}"
+    return (_Rows([Record(r, file, i) for i, r in enumerate(data.train, 1)]),
+            _Rows([Record(r, file, i) for i, r in enumerate(data.eval, 1)]))
+
+
+def _problem(spec: DataSpec, rec: Record, e: RowProblem, tally: _Tally, reasons: list[str]) -> None:
+    if spec.on_bad_row == "error":
+        raise DataError(rec.file, str(e), row=rec.row) from None
+    tally.skipped += 1
+    if len(reasons) < 5:
+        reasons.append(f"{rec.file}, row {rec.row}: {e}")
+
+
+# ---- per format
+
+
+def _generative(spec, tokenizer, plan, rows: _Rows, reasons, *, with_prompt: bool, limit: int | None):
+    tally, out = _Tally(skipped=rows.skipped), []
+    for rec in rows.records:
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            rendered = render_row(rec.data, spec, plan, tokenizer)
+        except RowProblem as e:
+            _problem(spec, rec, e, tally, reasons)
+            continue
+        enc = encode_rendered(rendered, tokenizer, max_length=spec.max_length,
+                              train_on_inputs=spec.train_on_inputs, with_prompt=with_prompt)
+        if enc.row is None:
+            tally.dropped += 1
+            continue
+        tally.add(enc.row, enc.truncated)
+        out.append(enc.row)
+    return tally, out
+
+
+def _completion(spec, tokenizer, train: _Rows, evals: _Rows, sources, reasons, seed: int) -> DataBundle:
+    def texts(rows: _Rows, tally: _Tally) -> list[str]:
+        out = []
+        for rec in rows.records:
+            try:
+                out.append(text_field(rec.data, col(spec, "text")))
+            except RowProblem as e:
+                _problem(spec, rec, e, tally, reasons)
+        return out
+
+    t_train, t_eval = _Tally(skipped=train.skipped), _Tally(skipped=evals.skipped)
+    windows = chunk_documents(texts(train, t_train), tokenizer, max_length=spec.max_length)
+    if evals.records:
+        eval_rows = chunk_documents(texts(evals, t_eval), tokenizer, max_length=spec.max_length)
+    else:  # hold out the contiguous tail, so no eval window shares text with a train window
+        n_eval = _eval_count(len(windows), spec.eval_fraction)
+        windows, eval_rows = windows[: len(windows) - n_eval], windows[len(windows) - n_eval:]
+    random.Random(seed).shuffle(windows)
+    train_rows = windows[: spec.limit] if spec.limit else windows
+    for r in train_rows:
+        t_train.add(r, False)
+    for r in eval_rows:
+        t_eval.add(r, False)
+    report = DataReport(t_train.freeze(), t_eval.freeze(), "completion", None, None, tuple(reasons), sources)
+    return DataBundle(train_rows, eval_rows, report, None, stop_token_ids(tokenizer, None))
+
+
+def _classification(spec, tokenizer, train: _Rows, evals: _Rows, sources, reasons) -> DataBundle:
+    label_key = col(spec, "label")
+    names = spec.label_names or _label_names([r.data.get(label_key) for r in train.records + evals.records])
+    index = {name: i for i, name in enumerate(names)}
+
+    def encode(rows: _Rows, limit: int | None) -> tuple[_Tally, list[dict]]:
+        tally, out = _Tally(skipped=rows.skipped), []
+        for rec in rows.records:
+            if limit is not None and len(out) >= limit:
+                break
+            try:
+                text = text_field(rec.data, col(spec, "text"))
+                pair = text_field(rec.data, col(spec, "text_pair"), required="text_pair" in spec.columns)
+                label = _label_id(rec.data, label_key, index, names)
+            except RowProblem as e:
+                _problem(spec, rec, e, tally, reasons)
+                continue
+            enc = encode_classification(text, pair, label, tokenizer, max_length=spec.max_length)
+            tally.add(enc.row, enc.truncated)
+            out.append(enc.row)
+        return tally, out
+
+    t_train, rows_train = encode(train, spec.limit)
+    t_eval, rows_eval = encode(evals, None)
+    counts = Counter(r["labels"] for r in rows_train)
+    report = DataReport(t_train.freeze(), t_eval.freeze(), "classification", None,
+                        tuple((n, counts.get(i, 0)) for i, n in enumerate(names)), tuple(reasons), sources)
+    return DataBundle(rows_train, rows_eval, report, tuple(names), ())
+
+
+def _label_names(values: list) -> tuple[str, ...]:
+    seen = {str(v).strip() for v in values if v is not None and str(v).strip() != ""}
+    if all(s.lstrip("-").isdigit() for s in seen):
+        return tuple(sorted(seen, key=int))
+    return tuple(sorted(seen))
+
+
+def _label_id(row: dict, key: str, index: dict[str, int], names: tuple[str, ...]) -> int:
+    if key not in row or row[key] is None or str(row[key]).strip() == "":
+        raise RowProblem(f"missing field '{key}'")
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise RowProblem(f"field '{key}' should be a label (text or integer), got {type(value).__name__}")
+    text = str(value).strip()
+    if text in index:
+        return index[text]
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
+        return int(text)  # integer ids with data.label_names given as their names
+    raise RowProblem(f"label {value!r} is not one of {', '.join(names)}")
