@@ -13,6 +13,7 @@ from accelerate import Accelerator
 
 from ..errors import TrainingAborted
 from ..recipe.schema import TrainSpec
+from .loss import causal_lm_loss, supports_selective_logits
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def fit(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> FitState:
     params = [p for p in model.parameters() if p.requires_grad]
+    selective = spec.selective_logits and supports_selective_logits(accelerator.unwrap_model(model))
     model.train()
     while state.step < spec.max_steps and not should_stop():
         t0 = time.perf_counter()
@@ -80,9 +82,8 @@ def fit(
             # gradients are all-reduced once per optimizer step, on the last micro-batch
             with accelerator.no_sync(model) if i < len(micro) - 1 else nullcontext():
                 if causal:
-                    # no KV cache: transformers only keeps packed examples apart (by position_ids) without one
-                    out = model(**batch, use_cache=False, num_items_in_batch=max(n_items, 1))
-                    loss = out.loss * accelerator.num_processes  # DDP averages gradients over processes
+                    loss = causal_lm_loss(model, batch, max(n_items, 1), selective=selective)
+                    loss = loss * accelerator.num_processes  # DDP averages gradients over processes
                 else:
                     out = model(**batch)
                     loss = out.loss * _trained(batch) / max(n_local, 1)

@@ -43,6 +43,6 @@ class ModelSpec(Section):
     dtype: DType = Field("bfloat16", description="dtype of the un-quantized weights (bf16 is ~4.6x faster than fp32 on AVX512-BF16)")
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec, description="bitsandbytes loading")
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model; recorded in meta.json")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="attention backend"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="attention backend; auto: sdpa on CUDA, eager on CPU (faster backward at these lengths)"
     )

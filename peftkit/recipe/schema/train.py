@@ -30,6 +30,9 @@ class TrainSpec(Section):
         "never", description="auto: continue from the newest valid checkpoint in the run directory"
     )
     skip_nonfinite: int = Field(0, ge=0, description="NaN/inf steps skipped (and counted) before the run stops")
+    selective_logits: bool = Field(
+        True, description="project to the vocabulary only at trained positions (same loss, less compute)"
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Accelerate autocast; 'no' keeps adapter math fp32 on top of the base dtype"
     )

@@ -1,0 +1,68 @@
+"""The selective-logits loss equals transformers' full loss (value and gradients), padded and packed."""
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from peftkit.adapters import attach_adapter
+from peftkit.recipe.schema import AdapterSpec
+from peftkit.train.loss import causal_lm_loss, supports_selective_logits
+
+
+def model():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+    m = attach_adapter(LlamaForCausalLM(cfg), AdapterSpec(rank=4, dropout=0.0), task="causal_lm")
+    for n, p in m.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    return m
+
+
+def padded_batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 97, (3, 10), generator=g)
+    labels = ids.clone()
+    labels[0, :6] = -100  # prompt
+    labels[1, :3] = -100
+    labels[2, 7:] = -100  # padding
+    mask = torch.ones_like(ids)
+    mask[2, 7:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def packed_batch():
+    ids = torch.arange(1, 13).unsqueeze(0)
+    labels = ids.clone()
+    labels[0, [0, 1, 5, 6, 7]] = -100  # two examples' prompts; each example's first label is ignored
+    pos = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6]])
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+def grads(m):
+    return {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+
+
+def test_selective_equals_full_loss_and_gradients():
+    for batch in (padded_batch(), packed_batch()):
+        m = model()
+        assert supports_selective_logits(m)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        full = causal_lm_loss(m, batch, n, selective=False)
+        full.backward()
+        g_full = grads(m)
+        m.zero_grad()
+        sel = causal_lm_loss(m, batch, n, selective=True)
+        sel.backward()
+        torch.testing.assert_close(sel, full, rtol=1e-6, atol=1e-6)
+        for name, g in grads(m).items():
+            torch.testing.assert_close(g, g_full[name], rtol=1e-5, atol=1e-7)
+
+
+def test_loss_is_divided_by_the_window_token_count():
+    m = model()
+    batch = padded_batch()
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    one = causal_lm_loss(m, batch, n, selective=True)
+    two = causal_lm_loss(m, batch, 2 * n, selective=True)
+    torch.testing.assert_close(one, 2 * two)
