@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import train as _train_package  # noqa: F401  (light: its __init__ imports nothing)
 from .errors import DataError, ModelError, PeftkitError, RecipeError, RunDirError
 from .recipe import Recipe, load_recipe
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
+# The subpackage peftkit.train was imported above, before this function is bound, so the name
+# `peftkit.train` stays this function: Python binds a submodule onto its parent only on first import.
 def train(recipe: Recipe, **kwargs) -> "RunResult":
     """Train the recipe's adapter and write its run directory. See peftkit.train.session.train."""
     from .train.session import train as _train

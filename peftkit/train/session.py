@@ -139,8 +139,14 @@ def train(
         extra = {"before": m.metrics, "before_s": m.seconds}
 
     def checkpoint(s: FitState) -> None:
-        save_checkpoint(out / "checkpoints", unwrapped, optimizer, scheduler, s, extra=extra,
-                        keep=recipe.train.keep_checkpoints)
+        try:
+            save_checkpoint(out / "checkpoints", unwrapped, optimizer, scheduler, s, extra=extra,
+                            keep=recipe.train.keep_checkpoints)
+        except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is untouched
+            raise TrainingAborted(
+                f"cannot write the step-{s.step} checkpoint in {out / 'checkpoints'} ({exc.strerror or exc}); "
+                "earlier checkpoints are intact"
+            ) from None
 
     with GracefulStop() as stop, TrainProgress(recipe.train.max_steps, console, log_every=recipe.train.log_every,
                                                 start=state.step) as bar:
