@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from rich.console import Console
@@ -21,10 +22,23 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> int:
+    from pathlib import Path
+
     from . import load_recipe, train
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    result = train(recipe, run_dir=args.run_dir, force=args.force, console=err)
+    overrides = list(args.overrides)
+    if args.resume:
+        # `peftkit train --resume RUN_DIR [KEY=VALUE ...]`: the run directory's resolved recipe is the recipe
+        if args.recipe and "=" in args.recipe:
+            overrides.insert(0, args.recipe)
+            args.recipe = None
+        recipe = load_recipe(args.recipe or Path(args.resume) / "recipe.yaml", overrides)
+        result = train(recipe, run_dir=args.resume, resume=True, console=err)
+    else:
+        if not args.recipe:
+            raise PeftkitError("train: give a recipe file, or --resume RUN_DIR")
+        recipe = load_recipe(args.recipe, overrides)
+        result = train(recipe, run_dir=args.run_dir, force=args.force, console=err)
     ev = result.metrics["eval"]
     for label in ("before", "after"):
         if ev.get(label):
@@ -65,6 +79,33 @@ def cmd_data_stats(args) -> int:
         print(json.dumps({"train": tr.to_dict(), "eval": ev.to_dict(), "report": bundle.report.to_dict()}, indent=2))
     else:
         out.print(render_stats(tr, ev))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from .eval.compare import evaluate_models, table_json, write_table
+
+    table = evaluate_models([args.target, *args.compare], merged=not args.no_merged)
+    if Path(args.target).is_dir():
+        write_table(table, Path(args.target))
+    if args.json:
+        print(table_json(table))
+        return 0
+    names = table.metric_names()
+    view = Table(title=f"{table.recipe}: {table.examples} held-out examples")
+    for col in ("model", "kind", *names, "s"):
+        view.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    for r in table.rows:
+        view.add_row(r.name, r.kind, *(f"{r.metrics[n]:.4f}" if n in r.metrics else "" for n in names), f"{r.seconds:.0f}")
+    out.print(view)
+    for i, s in enumerate(table.samples, 1):
+        out.print(f"[bold]sample {i}[/] reference: {escape(s['reference'])}", highlight=False)
+        for name, pred in s["predictions"].items():
+            out.print(f"  {escape(name)}: {escape(pred)}", highlight=False)
     return 0
 
 
@@ -114,10 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the recipe's adapter into a run directory")
-    _add_recipe_args(p)
+    p.add_argument("recipe", nargs="?", help="recipe YAML file (optional with --resume)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, e.g. train.lr=1e-4")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest valid checkpoint")
     p.add_argument("--run-dir", help="run directory (default: output.dir or runs/<name>)")
     p.add_argument("--force", action="store_true", help="replace a non-empty run directory")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="base vs adapter(s) vs merged on the run's held-out examples")
+    p.add_argument("target", help="run directory (or a recipe: scores its base model)")
+    p.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR", help="more runs on the same base")
+    p.add_argument("--no-merged", action="store_true", help="skip RUN_DIR/merged even when present")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     recipes = sub.add_parser("recipes", help="check recipes and list their keys").add_subparsers(dest="sub", required=True)
     p = recipes.add_parser("validate", help="validate a recipe (and overrides) without loading a model")
@@ -150,8 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries(interactive: bool) -> None:
+    """Application-level logging choices: library notices that say nothing actionable to a peftkit user."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no kernels package": expected, CPU path works
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if not interactive:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # weight-loading bars flood logs and CI output
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries(err.is_terminal)
     try:
         return args.func(args)
     except PeftkitError as exc:

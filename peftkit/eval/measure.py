@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..recipe.schema import EvalSpec
+from ..train.loss import causal_lm_loss, supports_selective_logits
 from .generate import generate_batched
 from .scoring import perplexity_from_loss, score_generations, score_labels
 
@@ -30,6 +31,7 @@ def eval_loss(model, examples: list[dict], collate: Callable, batch_size: int, d
     """Token-weighted mean loss over all examples (not a mean of batch means)."""
     was_training = model.training
     model.eval()
+    selective = supports_selective_logits(model)
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size]).items()}
@@ -37,8 +39,10 @@ def eval_loss(model, examples: list[dict], collate: Callable, batch_size: int, d
         n = int(labels.numel()) if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
         if n == 0:
             continue
-        out = model(**batch, use_cache=False) if labels.dim() == 2 else model(**batch)
-        total += out.loss.float().item() * n
+        if labels.dim() == 2:  # summed over trained tokens, projecting only where a token is scored
+            total += causal_lm_loss(model, batch, 1, selective=selective).float().item()
+        else:
+            total += model(**batch).loss.float().item() * n
         count += n
     model.train(was_training)
     return total / max(count, 1)
