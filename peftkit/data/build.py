@@ -7,6 +7,7 @@ mask and tokenize until data.limit examples are kept -> report what was truncate
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,14 +60,28 @@ def build_data(spec: DataSpec, tokenizer, *, base_dir: Path, seed: int, task: st
     reasons: list[str] = []
     train, evals, sources = _split_rows(spec, Path(base_dir), seed, reasons)
     if spec.format == "classification":
-        return _classification(spec, tokenizer, train, evals, sources, reasons)
-    if spec.format == "completion":
-        return _completion(spec, tokenizer, train, evals, sources, reasons, seed)
-    plan = _plan(spec, tokenizer, source_file)
-    t_train, rows_train = _generative(spec, tokenizer, plan, train, reasons, with_prompt=False, limit=spec.limit)
-    t_eval, rows_eval = _generative(spec, tokenizer, plan, evals, reasons, with_prompt=True, limit=None)
-    report = DataReport(t_train.freeze(), t_eval.freeze(), spec.format, plan.name, None, tuple(reasons), sources)
-    return DataBundle(rows_train, rows_eval, report, None, stop_token_ids(tokenizer, plan.chat))
+        bundle = _classification(spec, tokenizer, train, evals, sources, reasons)
+    elif spec.format == "completion":
+        bundle = _completion(spec, tokenizer, train, evals, sources, reasons, seed)
+    else:
+        plan = _plan(spec, tokenizer, source_file)
+        t_train, rows_train = _generative(spec, tokenizer, plan, train, reasons, with_prompt=False, limit=spec.limit)
+        t_eval, rows_eval = _generative(spec, tokenizer, plan, evals, reasons, with_prompt=True, limit=None)
+        report = DataReport(t_train.freeze(), t_eval.freeze(), spec.format, plan.name, None, tuple(reasons), sources)
+        bundle = DataBundle(rows_train, rows_eval, report, None, stop_token_ids(tokenizer, plan.chat))
+    _check_usable(spec, bundle)
+    return bundle
+
+
+def _check_usable(spec: DataSpec, bundle: DataBundle) -> None:
+    """With on_bad_row: skip every row may be skipped; say so here rather than fail later on an empty loader."""
+    if bundle.train:
+        return
+    train, held = bundle.report.train, bundle.report.eval
+    counts = [(train.skipped + held.skipped, "skipped as bad"),
+              (train.dropped, "dropped: nothing trained left after truncation to data.max_length")]
+    why = ", ".join(f"{n} {what}" for n, what in counts if n)
+    raise DataError(spec.path, "no usable rows for training" + (f" ({why})" if why else ""))
 
 
 def _check_task(spec: DataSpec, task: str, source_file: str | None) -> None:
@@ -236,9 +251,13 @@ def _classification(spec, tokenizer, train: _Rows, evals: _Rows, sources, reason
     return DataBundle(rows_train, rows_eval, report, tuple(names), ())
 
 
+# What int() takes as a label id; str.isdigit() also takes '²', which int() refuses.
+_INTEGER = re.compile(r"-?\d+")
+
+
 def _label_names(values: list) -> tuple[str, ...]:
     seen = {str(v).strip() for v in values if v is not None and str(v).strip() != ""}
-    if all(s.lstrip("-").isdigit() for s in seen):
+    if all(_INTEGER.fullmatch(s) for s in seen):
         return tuple(sorted(seen, key=int))
     return tuple(sorted(seen))
 
@@ -252,6 +271,6 @@ def _label_id(row: dict, key: str, index: dict[str, int], names: tuple[str, ...]
     text = str(value).strip()
     if text in index:
         return index[text]
-    if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
+    if _INTEGER.fullmatch(text) and 0 <= int(text) < len(names):
         return int(text)  # integer ids with data.label_names given as their names
     raise RowProblem(f"label {value!r} is not one of {', '.join(names)}")

@@ -49,9 +49,13 @@ def load_source(path: str, base_dir: Path, *, skip_bad: bool, whole_text: bool =
     p = Path(path).expanduser()
     p = p if p.is_absolute() else base_dir / p
     out = Loaded()
-    if p.is_dir():
+    try:
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except (OSError, ValueError) as e:  # a name too long for the OS, a NUL byte
+        raise DataError(str(p), f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    if is_dir:
         _read_folder(p, out, skip_bad, whole_text)
-    elif p.is_file():
+    elif is_file:
         _read_file(p, out, skip_bad, whole_text)
     elif HUB_ID.fullmatch(path) and not path.lower().endswith(SUFFIXES):  # owner/name, not a missing file
         _read_hub(path, out)

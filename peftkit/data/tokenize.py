@@ -55,6 +55,8 @@ def encode_rendered(r: Rendered, tokenizer, *, max_length: int, train_on_inputs:
 def chunk_documents(texts: list[str], tokenizer, *, max_length: int) -> list[dict]:
     """Continued pre-training: [BOS] doc EOS [BOS] doc EOS ... cut into max_length windows, every token trained
     (but the first of each window, which nothing predicts). A last window of one token is dropped."""
+    if not texts:  # every row skipped as bad; a fast tokenizer called on [] raises IndexError
+        return []
     bos = [tokenizer.bos_token_id] if bos_text(tokenizer) else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []

@@ -22,9 +22,17 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 ROLES = ("system", "user", "assistant", "tool")
 
 
+def _no_nul(v: str | None) -> str | None:
+    if v is not None and "\x00" in v:  # no OS takes it; refused here, where the key can be named
+        raise ValueError("contains a NUL character")
+    return v
+
+
 class MixSource(Section):
     path: str = Field(..., description="another data file or folder mixed into training (same format and columns)")
     limit: int | None = Field(None, ge=1, description="use at most this many examples of this source")
+
+    _path_ok = field_validator("path")(_no_nul)
 
 
 class DataSpec(Section):
@@ -107,6 +115,8 @@ class DataSpec(Section):
         if self.format not in ("alpaca", "prompt_completion"):
             raise ValueError(f"prompt_template applies to alpaca and prompt_completion, not {self.format}")
         return self
+
+    _paths_ok = field_validator("path", "eval_path")(_no_nul)
 
     @field_validator("roles", "transcript_roles")
     @classmethod
