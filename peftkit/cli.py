@@ -109,6 +109,19 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    result = run_bench(args.recipe, args.overrides, vs=args.vs, repeats=args.repeats, warmup_steps=args.warmup_steps,
+                       name=args.name, out_dir=args.out, console=err, keep_work=args.keep_work)
+    if args.json:
+        print(json.dumps(result.results, indent=1))
+    else:
+        out.print(result.md_path.read_text(), markup=False, highlight=False)
+        out.print(f"wrote {result.json_path}, {result.md_path}, {result.png_path}", highlight=False)
+    return 0
+
+
 def cmd_recipes_validate(args) -> int:
     from . import load_recipe
 
@@ -168,6 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-merged", action="store_true", help="skip RUN_DIR/merged even when present")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="train a recipe with peftkit and with the plain TRL route; compare speed, memory, loss")
+    _add_recipe_args(p)
+    p.add_argument("--vs", choices=("trl",), default="trl", help="peer route: TRL SFTTrainer + PEFT + bitsandbytes")
+    p.add_argument("--repeats", type=int, default=2, help="runs per route, alternating A B A B; medians reported")
+    p.add_argument("--warmup-steps", type=int, default=2, help="leading steps left out of the token rates")
+    p.add_argument("--name", help="results file stem (default: the recipe name)")
+    p.add_argument("--out", default="benchmarks/results", help="folder for NAME.json, NAME.md, NAME.png")
+    p.add_argument("--keep-work", action="store_true", help="keep each run's log and run folder")
+    p.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
+    p.set_defaults(func=cmd_bench)
 
     recipes = sub.add_parser("recipes", help="check recipes and list their keys").add_subparsers(dest="sub", required=True)
     p = recipes.add_parser("validate", help="validate a recipe (and overrides) without loading a model")

@@ -76,6 +76,7 @@ def test_missing_local_weights_is_one_line(tmp_path):
 def test_attention_backend_auto_is_eager_on_cpu():
     assert attention_backend("sdpa") == "sdpa"
     assert attention_backend("auto") == ("sdpa" if torch.cuda.is_available() else "eager")
+    assert attention_backend("auto", "sequence_classification") == "sdpa"
 
 
 def test_4bit_base_is_bit_identical_after_training(tiny_dir):

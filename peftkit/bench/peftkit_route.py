@@ -1,0 +1,119 @@
+"""The peftkit route: `peftkit.train` on the recipe, exactly as `peftkit train` runs it, except what only the
+bench needs: the loss curve logged every step, no checkpoints, and eval reduced to the held-out loss (no
+generation metrics, no eval-before) so both routes spend the same time measuring."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+
+from ..data import build_data
+from ..models.load import attention_backend, load_tokenizer
+from ..models.zoo import resolve_base
+from ..recipe import Recipe, load_recipe, recipe_from_dict
+from ..train.batches import EpochBatches
+from ..train.session import train
+from .measure import peak_memory_mb, process_age_s
+from .record import RouteRun, canonical_base, examples_digest, matched_train
+
+
+def bench_recipe(recipe: Recipe, run_dir: Path) -> Recipe:
+    raw = recipe.model_dump(mode="json")
+    raw["train"].update(log_every=1, checkpoint_every=None, resume="never")
+    raw["eval"].update(metrics=["loss"], before=False)
+    raw["output"] = {"dir": str(run_dir), "overwrite": True}
+    return recipe_from_dict(raw)
+
+
+def _micro_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    sampler, epoch = EpochBatches(n, batch_size, seed), 0
+    while True:
+        sampler.set_epoch(epoch)
+        yield from sampler
+        epoch += 1
+
+
+def _trained(row: dict) -> int:
+    labels = row["labels"]
+    return 1 if isinstance(labels, int) else sum(1 for x in labels[1:] if x != -100)
+
+
+def step_tokens(rows: list[dict], recipe: Recipe) -> tuple[list[int], list[int]]:
+    """Tokens and trained tokens of each step, replaying the run's batch order (peftkit.train.batches: a pure
+    function of the seed). The caller checks the totals against the run's own counts."""
+    t = recipe.train
+    batches = _micro_batches(len(rows), t.batch_size, t.seed)
+    tokens, trained = [], []
+    for _ in range(t.max_steps):
+        idx = [i for _ in range(t.grad_accum) for i in next(batches)]
+        tokens.append(sum(len(rows[i]["input_ids"]) for i in idx))
+        trained.append(sum(_trained(rows[i]) for i in idx))
+    return tokens, trained
+
+
+def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
+    run_dir = workdir / "run"
+    result = train(bench_recipe(recipe, run_dir), run_dir=run_dir, force=True, console=Console(stderr=True))
+    peak, kind = peak_memory_mb()  # before the replay below allocates anything
+    wall = process_age_s()
+
+    m = result.metrics["train"]
+    curve = {p["step"]: p for p in m["loss_curve"]}
+    steps = m["steps"]
+    tokenizer = load_tokenizer(recipe.model)
+    data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.data.seed or recipe.train.seed,
+                      task=recipe.model.task)
+    tokens, trained = step_tokens(data.train, recipe)
+    if (sum(tokens), sum(trained)) != (m["tokens"], m["trained_tokens"]):
+        raise RuntimeError(
+            f"bench: replayed batches give {sum(tokens)}/{sum(trained)} tokens, the run counted "
+            f"{m['tokens']}/{m['trained_tokens']}: peftkit's batch order changed; update peftkit/bench/peftkit_route.py"
+        )
+
+    ran = load_recipe(run_dir / "recipe.yaml")  # what the run says it used
+    adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    q = ran.model.quantization
+    settings = {
+        "matched": {
+            "base": canonical_base(resolve_base(ran.model.base).path_or_id),
+            "dtype": ran.model.dtype,
+            "quantization": {"bits": None} if q.bits is None else {"bits": 8} if q.bits == 8 else {
+                "bits": 4, "quant_type": q.quant_type, "double_quant": q.double_quant,
+                "compute_dtype": q.compute_dtype},
+            "adapter": {
+                "method": "dora" if adapter.get("use_dora") else "rslora" if adapter.get("use_rslora") else "lora",
+                "rank": adapter["r"], "alpha": float(adapter["lora_alpha"]), "dropout": adapter["lora_dropout"],
+                "targets": sorted(adapter["target_modules"]),
+                "modules_to_save": sorted(adapter.get("modules_to_save") or []),
+            },
+            "train": matched_train(ran),
+            "data": {
+                "max_length": ran.data.max_length, "train_examples": len(data.train),
+                "eval_examples": result.metrics["eval"]["examples"], "examples_sha256": examples_digest(data.train),
+            },
+            "trainable_params": result.params.trainable,
+        },
+        "defaults": {
+            "trainer": "peftkit.train",
+            "gradient_checkpointing": ran.train.gradient_checkpointing,
+            "mixed_precision": ran.train.mixed_precision,
+            "adapter_dtype": "float32",
+            "attn_implementation": attention_backend(ran.model.attn_implementation),
+            "optimizer": ran.train.optimizer,
+            "packing": ran.data.packing,
+            "padding_free": ran.data.packing,
+            "vocabulary_projection": "trained positions only" if ran.train.selective_logits else "every position",
+            "logging_steps": 1,
+            "cpu_4bit_repack_disabled_layers": "all (peftkit.models.load)",
+        },
+    }
+    return RouteRun(
+        route="peftkit", settings=settings, step_elapsed_s=[curve[s]["elapsed_s"] for s in range(1, steps + 1)],
+        step_tokens=tokens, step_trained_tokens=trained, step_loss=[curve[s]["loss"] for s in range(1, steps + 1)],
+        eval_loss=result.metrics["eval"]["after"]["loss"], peak_memory_mb=peak, wall_s=wall, memory_kind=kind,
+        trainable_params=result.params.trainable,
+        mean_example_tokens=sum(len(r["input_ids"]) for r in data.train) / max(len(data.train), 1),
+    )
