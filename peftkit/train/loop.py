@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from accelerate import Accelerator
 
+from ..adapters import after_optimizer_step
 from ..errors import TrainingAborted
 from ..recipe.schema import TrainSpec
 from .loss import causal_lm_loss, supports_selective_logits
@@ -101,6 +102,7 @@ def fit(
             state.skipped += 1
             continue
         optimizer.step()
+        after_optimizer_step(accelerator.unwrap_model(model), state.step + 1)  # AdaLoRA's rank budget; no-op else
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

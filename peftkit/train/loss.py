@@ -17,6 +17,11 @@ IGNORE = -100
 
 
 def supports_selective_logits(model: torch.nn.Module) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    # Prompt tuning prepends virtual positions to the logits (kept indices would point at the wrong tokens);
+    # AdaLoRA adds its orthogonality penalty only to a loss computed by the model from `labels`.
+    if config is not None and (config.is_prompt_learning or config.peft_type == "ADALORA"):
+        return False
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 

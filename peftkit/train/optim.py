@@ -11,7 +11,9 @@ from ..recipe.schema import TrainSpec
 CUDA_ONLY = ("adamw_8bit", "paged_adamw_8bit")
 
 
-def build_optimizer(params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+def build_optimizer(params: list[torch.nn.Parameter] | list[dict], spec: TrainSpec) -> torch.optim.Optimizer:
+    """`params`: the trainable parameters, or parameter groups (peftkit.adapters.param_groups: LoRA+ gives B its
+    own lr); a group's lr / weight_decay override spec's, and the schedule scales each group's lr alike."""
     if spec.optimizer in CUDA_ONLY:
         if not torch.cuda.is_available():
             raise RecipeError(None, [Problem(

@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from ..adapters import ParamReport, attach_adapter, param_report
+from ..adapters import ParamReport, attach_adapter, param_groups, param_report
 from ..data import build_data, ensure_pad_token, make_collator
 from ..errors import ModelError, RunDirError, TrainingAborted
 from ..eval.measure import measure
@@ -28,6 +28,7 @@ from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from .interrupt import GracefulStop
 from .loop import FitState, fit
 from .optim import build_optimizer, build_scheduler
+from .preflight import preflight
 from .progress import TrainProgress
 
 
@@ -77,6 +78,9 @@ def train(
 ) -> RunResult:
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
+    # before any weights load, and before --force deletes anything
+    preflight(recipe, Path(run_dir) if run_dir else default_run_dir(recipe),
+              resume=resume or recipe.train.resume == "auto", force=force)
     out, found = _open_run_dir(recipe, run_dir, force, resume)
     seed_everything(recipe.train.seed)
 
@@ -88,7 +92,7 @@ def train(
     base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names)
     if found:
         _check_same_base(out, base.fingerprint)
-    model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task)
+    model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task, total_steps=recipe.train.max_steps)
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -99,7 +103,7 @@ def train(
     collate = make_collator(tokenizer, packing=recipe.data.packing, task=recipe.model.task)
     sampler = EpochBatches(len(data.train), recipe.train.batch_size, recipe.train.seed)
     loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate)
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe.train)
+    optimizer = build_optimizer(param_groups(model, recipe.adapter, recipe.train.lr, recipe.train.weight_decay), recipe.train)
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = build_scheduler(optimizer, recipe.train)
     unwrapped = accelerator.unwrap_model(model)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._base import Section
-from .adapter import AdapterSpec
+from .adapter import AdapterSpec, compatibility_problems
 from .data import DataSpec
 from .eval import EvalSpec
 from .model import ModelSpec, QuantizationSpec
@@ -31,6 +32,18 @@ class Recipe(Section):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
             raise ValueError("use letters, digits, '.', '_' or '-' (it names a directory)")
         return v
+
+    @model_validator(mode="after")
+    def _adapter_fits_model_data_train(self):
+        # raised as a ValidationError so each problem keeps its own dotted key (adapter.method, adapter.init, ...)
+        problems = compatibility_problems(self.adapter, self.model, self.data, self.train)
+        if problems:
+            raise ValidationError.from_exception_data("Recipe", [
+                InitErrorDetails(type=PydanticCustomError("incompatible", "{message}", {"message": message}),
+                                 loc=tuple(key.split(".")), input=value)
+                for key, message, value in problems
+            ])
+        return self
 
 
 __all__ = [

@@ -32,6 +32,17 @@ class QuantizationSpec(Section):
             return {**data, "bits": None}
         return data
 
+    @model_validator(mode="after")
+    def _options_need_their_bits(self):
+        # an option that the chosen bits ignore is refused, unless it sits at its default (resolved recipes list all)
+        only_4bit = [k for k in ("quant_type", "double_quant", "compute_dtype")
+                     if getattr(self, k) != type(self).model_fields[k].default]
+        if self.bits != 4 and only_4bit:
+            raise ValueError(f"{', '.join(only_4bit)} only apply to bits 4 (bits is {self.bits}): remove them or set bits 4")
+        if self.bits is None and self.skip_modules:
+            raise ValueError("skip_modules only applies with bits 4 or 8 (nothing is quantized)")
+        return self
+
 
 class ModelSpec(Section):
     base: str = Field(
@@ -44,5 +55,5 @@ class ModelSpec(Section):
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec, description="bitsandbytes loading")
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model; recorded in meta.json")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="attention backend; auto: sdpa on CUDA, eager on CPU (faster backward at these lengths)"
+        "auto", description="attention backend; auto: sdpa, except eager for decoders on CPU (measured faster there)"
     )
