@@ -3,6 +3,11 @@
     import peftkit
     recipe = peftkit.load_recipe("recipes/quickstart.yaml", overrides=["train.lr=1e-4"])
     result = peftkit.train(recipe)       # -> RunResult(run_dir, metrics, params)
+    peftkit.merge(result.run_dir)        # checked merge into the dequantized base
+    peftkit.evaluate([str(result.run_dir)])
+
+Export and bench live in their packages (peftkit.export.commands.export, peftkit.bench.run_bench): a
+top-level function of the same name would be rebound by Python whenever the package is imported.
 
 Heavy libraries (torch, transformers) are imported by the functions that need them, so validating a
 recipe or printing help stays fast.
@@ -31,6 +36,21 @@ def train(recipe: Recipe, **kwargs) -> "RunResult":
     return _train(recipe, **kwargs)
 
 
+def evaluate(targets: list[str], **kwargs):
+    """Score the base, each run's adapter and merged model on the same held-out rows. See peftkit.eval.compare."""
+    from .eval.compare import evaluate_models
+
+    return evaluate_models(targets, **kwargs)
+
+
+def merge(run_dir, **kwargs):
+    """Merge a run's adapter into its dequantized base and check the result. See peftkit.export.commands.merge."""
+    from .export.commands import merge as _merge
+
+    return _merge(run_dir, **kwargs)
+
+
 __all__ = [
-    "DataError", "ModelError", "PeftkitError", "Recipe", "RecipeError", "RunDirError", "load_recipe", "train",
+    "DataError", "ModelError", "PeftkitError", "Recipe", "RecipeError", "RunDirError", "evaluate", "load_recipe",
+    "merge", "train",
 ]

@@ -122,6 +122,25 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .export.commands import merge
+
+    result = merge(args.run_dir, out=args.out, dtype=args.dtype, force=args.force, check=not args.no_check, console=err)
+    out.print(str(result.out_dir), highlight=False)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export.commands import export
+
+    result = export(args.run_dir, format=args.format, out=args.out, gguf_type=args.gguf_type, dtype=args.dtype,
+                    force=args.force, check=not args.no_check, modelfile=not args.no_modelfile, console=err)
+    for note in result.notes:
+        err.print(note, highlight=False)
+    out.print(str(result.out), highlight=False)
+    return 0
+
+
 def cmd_recipes_validate(args) -> int:
     from . import load_recipe
 
@@ -181,6 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-merged", action="store_true", help="skip RUN_DIR/merged even when present")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("merge", help="merge the adapter into the (dequantized) base; checked HF folder")
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument("--out", help="output folder (default RUN_DIR/merged)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="saved dtype (default: the run's model.dtype)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--no-check", action="store_true", help="skip comparing merged vs base+adapter distributions")
+    p.set_defaults(func=cmd_merge)
+    p = sub.add_parser("export", help="adapter folder + model card, merged HF folder, or GGUF + Ollama Modelfile")
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument("--format", required=True, choices=("adapter", "merged", "gguf"))
+    p.add_argument("--out", help="output folder (default RUN_DIR/export/...)")
+    p.add_argument("--gguf-type", choices=("f16", "q8_0"), default="f16")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--no-check", action="store_true", help="skip the merge check")
+    p.add_argument("--no-modelfile", action="store_true", help="GGUF only, without an Ollama Modelfile")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="train a recipe with peftkit and with the plain TRL route; compare speed, memory, loss")
     _add_recipe_args(p)

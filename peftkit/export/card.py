@@ -1,0 +1,135 @@
+"""README.md for an exported adapter: base, recipe, data, metrics, and how to load it."""
+
+from __future__ import annotations
+
+from ..recipe import recipe_to_yaml
+from ..rundir import RunInfo
+
+
+def adapter_card(run: RunInfo) -> str:
+    recipe, meta, metrics = run.recipe, run.meta, run.metrics
+    base = meta.get("base", {})
+    q = recipe.model.quantization
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {recipe.model.base}",
+        "tags: [peft, lora, peftkit]",
+        "---",
+        f"# {recipe.name}",
+        "",
+        recipe.description or "A LoRA adapter trained with peftkit.",
+        "",
+        "## Base model",
+        f"- model: `{recipe.model.base}` (resolved at training to `{base.get('resolved', '?')}`)",
+        f"- weight fingerprint: `{base.get('fingerprint') or 'not recorded (hub model)'}`",
+        f"- loaded as: {_loading(recipe)}",
+        "",
+        "## Adapter",
+        (f"- {recipe.adapter.method}, rank {recipe.adapter.rank}, alpha {recipe.adapter.alpha:g}, "
+         f"dropout {recipe.adapter.dropout:g}, targets `{_targets(recipe.adapter.targets)}`"),
+        _params_line(meta.get("params", {}).get("trainable")),
+        "",
+        "## Data",
+        *_data_lines(recipe, meta.get("data", {})),
+        "",
+        "## Training",
+        *_train_lines(recipe, metrics.get("train", {})),
+        "",
+        "## Evaluation (held-out rows)",
+        *_eval_lines(metrics.get("eval", {})),
+        "",
+        "## How to load",
+        "```python",
+        "import torch",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer" + (", BitsAndBytesConfig" if q.bits else ""),
+        "",
+        f'base = AutoModelForCausalLM.from_pretrained("{_base_hint(recipe, base)}"{_load_kwargs(recipe)})',
+        'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # carries the chat template used',
+        "```",
+        ("Load the base the way it was trained (the quantization above): the adapter learned to correct those "
+         "weights. To get a standalone model, `peftkit merge RUN_DIR` merges it into the dequantized base and "
+         "checks the result."),
+        "",
+        "## Recipe",
+        "```yaml",
+        recipe_to_yaml(recipe).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _loading(recipe) -> str:
+    q = recipe.model.quantization
+    if q.bits == 4:
+        return (f"4-bit {q.quant_type} (double quant {'on' if q.double_quant else 'off'}, compute "
+                f"{q.compute_dtype}), other layers {recipe.model.dtype}")
+    if q.bits == 8:
+        return f"8-bit LLM.int8, other layers {recipe.model.dtype}"
+    return recipe.model.dtype
+
+
+def _params_line(trainable) -> str:
+    return f"- trainable parameters: {trainable:,}" if isinstance(trainable, int) else "- trainable parameters: ?"
+
+
+def _targets(targets) -> str:
+    return targets if isinstance(targets, str) else ", ".join(targets)
+
+
+def _data_lines(recipe, report: dict) -> list[str]:
+    d = recipe.data
+    lines = [f"- format `{d.format}`, source `{d.path}`" + (f", eval `{d.eval_path}`" if d.eval_path else ""),
+             (f"- prompt template: {report.get('template') or d.chat_template}, max length {d.max_length}, "
+              f"{'trained on inputs too' if d.train_on_inputs else 'trained on responses only'}")]
+    for split in ("train", "eval"):
+        s = report.get(split) or {}
+        if s:
+            lines.append(f"- {split}: {s.get('examples', '?')} examples, {s.get('tokens', '?')} tokens "
+                         f"({s.get('trained_tokens', '?')} trained), {s.get('truncated', 0)} truncated")
+    return lines
+
+
+def _train_lines(recipe, train: dict) -> list[str]:
+    t = recipe.train
+    lines = [(f"- {t.max_steps} steps, batch {t.batch_size} x {t.grad_accum}, lr {t.lr:g} ({t.schedule}, "
+              f"warmup {t.warmup_steps}), seed {t.seed}")]
+    if train:
+        loss = train.get("final_loss")
+        lines.append(f"- final loss {loss:.4f}" if isinstance(loss, (int, float)) else "- final loss: n/a")
+        if isinstance(train.get("wall_s"), (int, float)):
+            lines.append(f"- wall time {train['wall_s']:.0f} s")
+    return lines
+
+
+def _eval_lines(ev: dict) -> list[str]:
+    after = ev.get("after") or {}
+    if not after:
+        return ["- not measured"]
+    before = ev.get("before") or {}
+    lines = ["| metric | before | after |", "|---|---|---|"]
+    for name, value in after.items():
+        b = before.get(name)
+        lines.append(f"| {name} | {b:.4f} | {value:.4f} |" if isinstance(b, (int, float))
+                     else f"| {name} | - | {value:.4f} |")
+    if ev.get("examples"):
+        lines.append(f"\n{ev['examples']} held-out examples.")
+    return lines
+
+
+def _base_hint(recipe, base: dict) -> str:
+    # A zoo alias is not a hub id: point at the folder peftkit converted it into.
+    return base.get("resolved") or recipe.model.base
+
+
+def _load_kwargs(recipe) -> str:
+    q = recipe.model.quantization
+    if q.bits == 4:
+        return (f",\n    quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"{q.quant_type}\", "
+                f"bnb_4bit_use_double_quant={q.double_quant},\n        bnb_4bit_compute_dtype=torch.{q.compute_dtype})")
+    if q.bits == 8:
+        return ",\n    quantization_config=BitsAndBytesConfig(load_in_8bit=True)"
+    return f", dtype=torch.{recipe.model.dtype}"
