@@ -1,0 +1,24 @@
+"""Every shipped recipe trains end to end on its real model and data for two steps."""
+
+from pathlib import Path
+
+import pytest
+
+import peftkit
+
+pytestmark = pytest.mark.integration
+RECIPES = sorted(p.name for p in Path("recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_trains_two_steps(name, tmp_path, smollm2_dir, minilm_dir):
+    recipe = peftkit.load_recipe(Path("recipes") / name, [
+        "train.max_steps=2", "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0",
+        "train.checkpoint_every=null", "eval.before=false", "eval.max_examples=4", "eval.max_new_tokens=4",
+        "data.limit=64", f"output.dir={tmp_path / 'run'}",
+    ])
+    result = peftkit.train(recipe)
+    assert result.metrics["train"]["steps"] == 2
+    assert result.metrics["train"]["trained_tokens"] > 0
+    assert all(v == v for v in result.metrics["eval"]["after"].values())  # no NaN
+    assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
