@@ -2,7 +2,7 @@
 
 checkpoints/step-000050/
   adapter.safetensors   trainable weights
-  optimizer.pt          optimizer + scheduler state (tensors and plain values; loaded with weights_only=True)
+  optimizer.pt          optimizer, scheduler, fp16 gradient-scaler state (loaded with weights_only=True)
   rng.pt                python, numpy, torch (and CUDA) generator states
   state.json            loop counters, loss curve, eval-before, and the size of every file above (written last)
 """
@@ -53,14 +53,17 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(root: Path, model, optimizer, scheduler, state: FitState, *, extra: dict, keep: int) -> Path:
+def save_checkpoint(
+    root: Path, model, optimizer, scheduler, state: FitState, *, extra: dict, keep: int, scaler=None
+) -> Path:
     final = root / f"step-{state.step:06d}"
     tmp = root / f".step-{state.step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         save_file(trainable_state(model), str(tmp / "adapter.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
         torch.save(_rng_state(), tmp / "rng.pt")
         sizes = {f: (tmp / f).stat().st_size for f in FILES}
         (tmp / "state.json").write_text(json.dumps({"fit": asdict(state), "extra": extra, "sizes": sizes}))
@@ -103,7 +106,7 @@ def latest_valid(root: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def load_checkpoint(ckpt: Path, meta: dict, model, optimizer, scheduler) -> tuple[FitState, dict]:
+def load_checkpoint(ckpt: Path, meta: dict, model, optimizer, scheduler, scaler=None) -> tuple[FitState, dict]:
     try:
         weights = load_file(str(ckpt / "adapter.safetensors"))
         opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
@@ -119,5 +122,7 @@ def load_checkpoint(ckpt: Path, meta: dict, model, optimizer, scheduler) -> tupl
             params[n].copy_(w)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
+    if scaler is not None and opt.get("scaler"):  # fp16 mixed precision: the loss scale resumes where it was
+        scaler.load_state_dict(opt["scaler"])
     _set_rng_state(rng)
     return FitState(**meta["fit"]), meta.get("extra", {})

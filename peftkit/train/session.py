@@ -135,7 +135,7 @@ def train(
 
     state, extra, resumed_from = FitState(), {}, None
     if found:
-        state, extra = load_checkpoint(found[0], found[1], unwrapped, optimizer, scheduler)
+        state, extra = load_checkpoint(found[0], found[1], unwrapped, optimizer, scheduler, accelerator.scaler)
         resumed_from = state.step
         console.print(f"resuming from {found[0]} (step {state.step})", highlight=False)
     elif recipe.eval.before:
@@ -145,7 +145,7 @@ def train(
     def checkpoint(s: FitState) -> None:
         try:
             save_checkpoint(out / "checkpoints", unwrapped, optimizer, scheduler, s, extra=extra,
-                            keep=recipe.train.keep_checkpoints)
+                            keep=recipe.train.keep_checkpoints, scaler=accelerator.scaler)
         except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is untouched
             raise TrainingAborted(
                 f"cannot write the step-{s.step} checkpoint in {out / 'checkpoints'} ({exc.strerror or exc}); "
