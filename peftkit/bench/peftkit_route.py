@@ -64,7 +64,7 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
     curve = {p["step"]: p for p in m["loss_curve"]}
     steps = m["steps"]
     tokenizer = load_tokenizer(recipe.model)
-    data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.data.seed or recipe.train.seed,
+    data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.train.seed,
                       task=recipe.model.task)
     tokens, trained = step_tokens(data.train, recipe)
     if (sum(tokens), sum(trained)) != (m["tokens"], m["trained_tokens"]):

@@ -198,7 +198,7 @@ def run_trl(recipe: Recipe, workdir: Path) -> RouteRun:
     workdir.mkdir(parents=True, exist_ok=True)
     source = resolve_base(recipe.model.base)
     tokenizer = AutoTokenizer.from_pretrained(source.path_or_id, trust_remote_code=recipe.model.trust_remote_code)
-    data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.data.seed or recipe.train.seed,
+    data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.train.seed,
                       task=recipe.model.task)
     classify = recipe.model.task == "sequence_classification"
     keys = None if classify else ("input_ids", "labels")

@@ -132,15 +132,20 @@ def _read_jsonl(p: Path, out: Loaded, skip_bad: bool) -> None:
             _add(out, skip_bad, file, lineno, value)
 
 
-def _read_json(p: Path, out: Loaded, skip_bad: bool) -> None:
-    file = str(p)
-    raw = p.read_bytes()
+def _decode_text(raw: bytes, file: str) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(file, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not text.strip():
         raise DataError(file, "file is empty")
+    return text
+
+
+def _read_json(p: Path, out: Loaded, skip_bad: bool) -> None:
+    file = str(p)
+    raw = p.read_bytes()
+    text = _decode_text(raw, file)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -187,12 +192,7 @@ def _read_text(p: Path, out: Loaded, skip_bad: bool, whole_text: bool) -> None:
     file = str(p)
     with _open_bytes(p) as f:
         raw = f.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(file, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not text.strip():
-        raise DataError(file, "file is empty")
+    text = _decode_text(raw, file)
     if whole_text:
         out.records.append(Record({"text": text}, file, 1))
         return

@@ -85,7 +85,7 @@ def train(
     seed_everything(recipe.train.seed)
 
     tokenizer = load_tokenizer(recipe.model)
-    data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.data.seed or recipe.train.seed,
+    data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.train.seed,
                       task=recipe.model.task)
     ensure_pad_token(tokenizer, stop_token_ids=data.stop_token_ids)
     num_labels = len(data.label_names or ()) or None
