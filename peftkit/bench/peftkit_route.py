@@ -75,6 +75,7 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
 
     ran = load_recipe(run_dir / "recipe.yaml")  # what the run says it used
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    gc = json.loads((run_dir / "meta.json").read_text())["gradient_checkpointing"]
     q = ran.model.quantization
     settings = {
         "matched": {
@@ -98,13 +99,14 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
         },
         "defaults": {
             "trainer": "peftkit.train",
-            "gradient_checkpointing": ran.train.gradient_checkpointing,
+            "gradient_checkpointing": gc["enabled"] if ran.train.gradient_checkpointing != "auto"
+            else f"{gc['enabled']} ({gc['why']})",
             "mixed_precision": ran.train.mixed_precision,
             "adapter_dtype": "float32",
             "attn_implementation": attention_backend(ran.model.attn_implementation),
             "optimizer": ran.train.optimizer,
-            "packing": ran.data.packing,
-            "padding_free": ran.data.packing,
+            "packing": ran.packs,
+            "padding_free": ran.packs,
             "vocabulary_projection": "trained positions only" if ran.train.selective_logits else "every position",
             "logging_steps": 1,
             "cpu_4bit_repack_disabled_layers": "all (peftkit.models.load)",

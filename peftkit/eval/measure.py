@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import torch
 
 from ..recipe.schema import EvalSpec
-from ..train.loss import causal_lm_loss, supports_selective_logits
+from ..train.loss import causal_lm_loss, head_reads_last_hidden_state, supports_selective_logits
 from .generate import generate_batched
 from .scoring import perplexity_from_loss, score_generations, score_labels
 
+EVAL_LOGITS_CHUNK = 1024  # trained positions projected to the vocabulary at a time when scoring loss
 GENERATION_METRICS = ("exact_match", "rouge_l", "numeric_match")
 LABEL_METRICS = ("accuracy", "f1", "precision", "recall")
 
@@ -32,6 +33,7 @@ def eval_loss(model, examples: list[dict], collate: Callable, batch_size: int, d
     was_training = model.training
     model.eval()
     selective = supports_selective_logits(model)
+    chunk = EVAL_LOGITS_CHUNK if selective and head_reads_last_hidden_state(model) else None
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size]).items()}
@@ -40,7 +42,7 @@ def eval_loss(model, examples: list[dict], collate: Callable, batch_size: int, d
         if n == 0:
             continue
         if labels.dim() == 2:  # summed over trained tokens, projecting only where a token is scored
-            total += causal_lm_loss(model, batch, 1, selective=selective).float().item()
+            total += causal_lm_loss(model, batch, 1, selective=selective, chunk=chunk).float().item()
         else:
             total += model(**batch).loss.float().item() * n
         count += n

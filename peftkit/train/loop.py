@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from ..adapters import after_optimizer_step
 from ..errors import TrainingAborted
 from ..recipe.schema import TrainSpec
-from .loss import causal_lm_loss, supports_selective_logits
+from .loss import causal_lm_loss, head_reads_last_hidden_state, supports_selective_logits
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ def fit(
 ) -> FitState:
     params = [p for p in model.parameters() if p.requires_grad]
     selective = spec.selective_logits and supports_selective_logits(accelerator.unwrap_model(model))
+    chunk = spec.logits_chunk if selective and spec.logits_chunk and head_reads_last_hidden_state(model) else None
     model.train()
     while state.step < spec.max_steps and not should_stop():
         t0 = time.perf_counter()
@@ -83,7 +84,7 @@ def fit(
             # gradients are all-reduced once per optimizer step, on the last micro-batch
             with accelerator.no_sync(model) if i < len(micro) - 1 else nullcontext():
                 if causal:
-                    loss = causal_lm_loss(model, batch, max(n_items, 1), selective=selective)
+                    loss = causal_lm_loss(model, batch, max(n_items, 1), selective=selective, chunk=chunk)
                     loss = loss * accelerator.num_processes  # DDP averages gradients over processes
                 else:
                     out = model(**batch)

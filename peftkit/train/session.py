@@ -27,6 +27,7 @@ from .batches import EpochBatches, endless
 from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from .interrupt import GracefulStop
 from .loop import FitState, fit
+from .memory import choose_checkpointing
 from .optim import build_optimizer, build_scheduler
 from .preflight import preflight
 from .progress import TrainProgress
@@ -93,14 +94,19 @@ def train(
     if found:
         _check_same_base(out, base.fingerprint)
     model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task, total_steps=recipe.train.max_steps)
-    if recipe.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    gc = choose_checkpointing(recipe.train.gradient_checkpointing, batch_size=recipe.train.batch_size,
+                              max_length=recipe.data.max_length, config=base.model.config)
+    if gc.enabled:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                              offload=recipe.train.checkpoint_offload and torch.cuda.is_available())
         model.enable_input_require_grads()
     params = param_report(model)
     console.print(f"[bold]{recipe.name}[/]: {base.source.path_or_id} + {recipe.adapter.method}, {params}", highlight=False)
+    console.print(f"gradient checkpointing {'on' if gc.enabled else 'off'} ({gc.why}); packing "
+                  f"{'on' if recipe.packs else 'off'}", highlight=False)
 
     accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not torch.cuda.is_available())
-    collate = make_collator(tokenizer, packing=recipe.data.packing, task=recipe.model.task)
+    collate = make_collator(tokenizer, packing=recipe.packs, task=recipe.model.task)
     sampler = EpochBatches(len(data.train), recipe.train.batch_size, recipe.train.seed)
     loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate)
     optimizer = build_optimizer(param_groups(model, recipe.adapter, recipe.train.lr, recipe.train.weight_decay), recipe.train)
@@ -119,12 +125,14 @@ def train(
         "num_processes": accelerator.num_processes,
         "data": data.report.to_dict(),
         "params": {"trainable": params.trainable, "total": params.total},
+        "gradient_checkpointing": {"enabled": gc.enabled, "why": gc.why},
+        "packing": recipe.packs,
     }
     write_atomic(out / "recipe.yaml", recipe_to_yaml(recipe))
     write_json(out / "meta.json", meta)
 
     eval_bs = recipe.eval.batch_size or recipe.train.batch_size
-    eval_collate = make_collator(tokenizer, packing=False, task=recipe.model.task)
+    eval_collate = make_collator(tokenizer, packing=recipe.packs, task=recipe.model.task)  # loss only; generation pads
 
     def score(label: str):
         m = measure(unwrapped, tokenizer, data.eval, recipe.eval, collate=eval_collate, batch_size=eval_bs,

@@ -5,7 +5,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from peftkit.adapters import attach_adapter
 from peftkit.recipe.schema import AdapterSpec
-from peftkit.train.loss import causal_lm_loss, supports_selective_logits
+from peftkit.train.loss import causal_lm_loss, head_reads_last_hidden_state, supports_selective_logits
 
 
 def model():
@@ -66,3 +66,36 @@ def test_loss_is_divided_by_the_window_token_count():
     one = causal_lm_loss(m, batch, n, selective=True)
     two = causal_lm_loss(m, batch, 2 * n, selective=True)
     torch.testing.assert_close(one, 2 * two)
+
+
+def test_chunked_equals_full_loss_and_gradients():
+    """Chunks smaller than the trained positions, padded and packed: same loss and gradients as transformers'."""
+    for batch in (padded_batch(), packed_batch()):
+        m = model()
+        assert head_reads_last_hidden_state(m)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        full = causal_lm_loss(m, batch, n, selective=False)
+        full.backward()
+        g_full = grads(m)
+        m.zero_grad()
+        chunked = causal_lm_loss(m, batch, n, selective=True, chunk=3)
+        chunked.backward()
+        torch.testing.assert_close(chunked, full, rtol=1e-6, atol=1e-6)
+        for name, g in grads(m).items():
+            torch.testing.assert_close(g, g_full[name], rtol=1e-5, atol=1e-7)
+        with torch.no_grad():  # eval: no checkpointing, same value
+            torch.testing.assert_close(causal_lm_loss(m, batch, n, selective=True, chunk=3), full.detach())
+
+
+def test_chunked_path_is_refused_where_the_head_does_not_read_the_last_hidden_state():
+    # Gemma 2 soft-caps its logits after the head: head(hidden_states[-1]) is not the logits
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=8, final_logit_softcapping=0.01)
+    capped = attach_adapter(Gemma2ForCausalLM(cfg), AdapterSpec(rank=4, dropout=0.0), task="causal_lm")
+    assert not head_reads_last_hidden_state(capped)
+    prompt = attach_adapter(LlamaForCausalLM(model().base_model.model.config), AdapterSpec(method="prompt_tuning"),
+                            task="causal_lm")
+    assert not head_reads_last_hidden_state(prompt)  # prompt learning: no selective logits at all

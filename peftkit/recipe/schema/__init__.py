@@ -8,7 +8,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._base import Section
-from .adapter import AdapterSpec, compatibility_problems
+from .adapter import PROMPT_LEARNING, AdapterSpec, compatibility_problems
 from .data import DataSpec
 from .eval import EvalSpec
 from .model import ModelSpec, QuantizationSpec
@@ -32,6 +32,17 @@ class Recipe(Section):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
             raise ValueError("use letters, digits, '.', '_' or '-' (it names a directory)")
         return v
+
+    @property
+    def packs(self) -> bool:
+        """data.packing resolved: `auto` packs causal LM batches unless PEFT's prompt learning would drop the
+        position_ids that keep packed examples apart. Measured on Code Alpaca (SmolLM2 4-bit, batch 8, checkpointing
+        on, 2 CPU cores): the same 4 steps took 31 s instead of 40 s and peak RSS fell from 3.4 to 2.5 GB; the
+        padding it removes was 42% of those batches' tokens (benchmarks/results/levers.md)."""
+        if self.data.packing != "auto":
+            return self.data.packing
+        return (self.model.task == "causal_lm" and self.data.format != "classification"
+                and self.adapter.method not in PROMPT_LEARNING)
 
     @model_validator(mode="after")
     def _adapter_fits_model_data_train(self):

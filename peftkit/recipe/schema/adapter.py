@@ -161,7 +161,7 @@ def compatibility_problems(
             "adalora's rank-pruned adapter does not reload exactly on a 4-bit base: set model.quantization.bits "
             "to 8 (with model.dtype float32) or null, or use method lora"
         ))
-    if method in PROMPT_LEARNING and data.packing:
+    if method in PROMPT_LEARNING and data.packing is True:
         refuse("adapter.method", method, (
             f"{method} cannot keep packed examples apart (PEFT drops position_ids): set data.packing to false"
         ))

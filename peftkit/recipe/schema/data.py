@@ -45,7 +45,11 @@ class DataSpec(Section):
     limit: int | None = Field(None, ge=1, description="use at most this many training examples")
     max_length: int = Field(1024, ge=8, description="tokens per example; longer ones are truncated and counted")
     train_on_inputs: bool = Field(False, description="also train on prompts / user turns (default: responses only)")
-    packing: bool = Field(False, description="pack several examples per row, attention kept within each example")
+    packing: bool | Literal["auto"] = Field(
+        "auto",
+        description="one padding-free row per batch, attention kept within each example (no FLOP on pads, "
+        "exact selective logits); auto: on for causal LM data unless the adapter is prompt/prefix tuning",
+    )
     seed: int | None = Field(None, description="shuffle seed (default: train.seed)")
     columns: dict[str, str] = Field(
         {},
@@ -97,7 +101,7 @@ class DataSpec(Section):
 
     @model_validator(mode="after")
     def _packing_is_causal(self):
-        if self.packing and self.format == "classification":
+        if self.packing is True and self.format == "classification":
             raise ValueError("packing applies to causal LM formats, not classification")
         return self
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ._base import Section
 
@@ -23,7 +23,14 @@ class TrainSpec(Section):
     )
     seed: int = Field(42, description="seeds python, numpy, torch and data order")
     log_every: int = Field(10, ge=1, description="steps between logged loss points")
-    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="recompute activations: less memory, slower steps; auto: on when a batch_size x "
+        "max_length batch's activations would take over a quarter of the device's memory (peftkit.train.memory)"
+    )
+    checkpoint_offload: bool = Field(
+        False, description="CUDA: keep the activations checkpointing saves in pinned host memory (frees GPU memory, "
+        "slower steps); needs gradient_checkpointing on or auto"
+    )
     checkpoint_every: int | None = Field(None, ge=1, description="steps between resumable checkpoints; null: none")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     resume: Literal["never", "auto"] = Field(
@@ -33,6 +40,17 @@ class TrainSpec(Section):
     selective_logits: bool = Field(
         True, description="project to the vocabulary only at trained positions (same loss, less compute)"
     )
+    logits_chunk: int | None = Field(
+        1024, ge=1, description="with selective_logits: project and score this many trained positions at a time, "
+        "recomputed in the backward, so one chunk of vocabulary logits is alive at once; null: all at once"
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Accelerate autocast; 'no' keeps adapter math fp32 on top of the base dtype"
     )
+
+    @model_validator(mode="after")
+    def _offload_needs_checkpointing(self):
+        if self.checkpoint_offload and self.gradient_checkpointing is False:
+            raise ValueError("checkpoint_offload holds checkpointed activations: set gradient_checkpointing to "
+                             "true or auto, or checkpoint_offload to false")
+        return self
