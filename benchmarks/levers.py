@@ -29,8 +29,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "checkpointing": ("plain + gradient checkpointing", [*OFF, "train.gradient_checkpointing=true"]),
     "packing": ("plain + padding-free packing", [*OFF, "data.packing=true"]),
     "defaults": ("peftkit defaults (packing auto, checkpointing auto, attention auto)", []),
-    "defaults_sdpa": ("defaults + sdpa attention", ["model.attn_implementation=sdpa"]),
+    "defaults_eager": ("defaults + eager attention", ["model.attn_implementation=eager"]),
     "defaults_bf16": ("defaults + bf16 autocast", ["train.mixed_precision=bf16"]),
+    "defaults_one_chunk": ("defaults, trained positions' logits all at once", ["train.logits_chunk=null"]),
     "defaults_full_logits": ("defaults, logits at every position", ["train.selective_logits=false"]),
 }
 

@@ -103,7 +103,7 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
             else f"{gc['enabled']} ({gc['why']})",
             "mixed_precision": ran.train.mixed_precision,
             "adapter_dtype": "float32",
-            "attn_implementation": attention_backend(ran.model.attn_implementation),
+            "attn_implementation": attention_backend(ran.model.attn_implementation, ran.model.task, ran.packs),
             "optimizer": ran.train.optimizer,
             "packing": ran.packs,
             "padding_free": ran.packs,

@@ -14,7 +14,7 @@ from ..train.loss import causal_lm_loss, head_reads_last_hidden_state, supports_
 from .generate import generate_batched
 from .scoring import perplexity_from_loss, score_generations, score_labels
 
-EVAL_LOGITS_CHUNK = 1024  # trained positions projected to the vocabulary at a time when scoring loss
+EVAL_LOGITS_CHUNK = 256  # trained positions projected to the vocabulary at a time (~125 MB of logits for 49k)
 GENERATION_METRICS = ("exact_match", "rouge_l", "numeric_match")
 LABEL_METRICS = ("accuracy", "f1", "precision", "recall")
 

@@ -48,13 +48,15 @@ def bnb_config(q: QuantizationSpec, *, task: str) -> BitsAndBytesConfig | None:
     )
 
 
-def attention_backend(choice: str, task: str = "causal_lm") -> str:
-    """auto: sdpa, except for decoders on CPU. There eager trained 1.5x faster than sdpa for SmolLM2 at ~100
-    tokens (1.8 vs 2.7 s/step: sdpa's CPU flash backward dominates); for the MiniLM encoder it was the other
-    way round (sdpa ~2 s vs eager ~10 s per step at batch 8 x 48)."""
+def attention_backend(choice: str, task: str = "causal_lm", packed: bool = True) -> str:
+    """auto: sdpa, except for decoders trained on padded batches on CPU. Measured on SmolLM2 4-bit, 2 CPU cores
+    (benchmarks/results/levers.md and the quickstart): padded Code Alpaca batches trained 1.2x faster with eager;
+    packed rows the other way round (Code Alpaca 33.1 vs 35.2 s, peak RSS 2.0 vs 2.9 GB; quickstart 24.5 vs
+    29.0 s, 4.3 vs 5.9 GB, and its batched generation eval 1.7x faster). The MiniLM encoder: sdpa ~2 s vs eager
+    ~10 s per step."""
     if choice != "auto":
         return choice
-    return "eager" if task == "causal_lm" and not torch.cuda.is_available() else "sdpa"
+    return "eager" if task == "causal_lm" and not packed and not torch.cuda.is_available() else "sdpa"
 
 
 def load_tokenizer(spec: ModelSpec, source: ResolvedBase | None = None):
@@ -66,16 +68,18 @@ def load_tokenizer(spec: ModelSpec, source: ResolvedBase | None = None):
 
 
 def load_base(
-    spec: ModelSpec, *, num_labels: int | None = None, label_names: tuple[str, ...] | None = None
+    spec: ModelSpec, *, num_labels: int | None = None, label_names: tuple[str, ...] | None = None,
+    packed: bool = True,
 ) -> LoadedBase:
-    """Loads frozen base weights; the adapter is attached later by peftkit.adapters."""
+    """Loads frozen base weights; the adapter is attached later by peftkit.adapters. `packed`: whether training
+    batches will be packed (it picks the attention backend under model.attn_implementation: auto)."""
     source = resolve_base(spec.base)
     tokenizer = load_tokenizer(spec, source)
     kwargs = dict(
         dtype=DTYPES[spec.dtype],
         quantization_config=bnb_config(spec.quantization, task=spec.task),
         trust_remote_code=spec.trust_remote_code,
-        attn_implementation=attention_backend(spec.attn_implementation, spec.task),
+        attn_implementation=attention_backend(spec.attn_implementation, spec.task, packed),
     )
     if spec.quantization.bits is not None and not torch.cuda.is_available():
         kwargs["device_map"] = {"": "cpu"}

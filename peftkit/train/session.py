@@ -90,7 +90,7 @@ def train(
                       task=recipe.model.task)
     ensure_pad_token(tokenizer, stop_token_ids=data.stop_token_ids)
     num_labels = len(data.label_names or ()) or None
-    base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names)
+    base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, packed=recipe.packs)
     if found:
         _check_same_base(out, base.fingerprint)
     model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task, total_steps=recipe.train.max_steps)

@@ -41,7 +41,7 @@ class TrainSpec(Section):
         True, description="project to the vocabulary only at trained positions (same loss, less compute)"
     )
     logits_chunk: int | None = Field(
-        1024, ge=1, description="with selective_logits: project and score this many trained positions at a time, "
+        256, ge=1, description="with selective_logits: project and score this many trained positions at a time, "
         "recomputed in the backward, so one chunk of vocabulary logits is alive at once; null: all at once"
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
