@@ -75,7 +75,8 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
 
     ran = load_recipe(run_dir / "recipe.yaml")  # what the run says it used
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    gc = json.loads((run_dir / "meta.json").read_text())["gradient_checkpointing"]
+    meta = json.loads((run_dir / "meta.json").read_text())
+    gc, packed = meta["gradient_checkpointing"], meta["packing"]
     q = ran.model.quantization
     settings = {
         "matched": {
@@ -103,10 +104,10 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
             else f"{gc['enabled']} ({gc['why']})",
             "mixed_precision": ran.train.mixed_precision,
             "adapter_dtype": "float32",
-            "attn_implementation": attention_backend(ran.model.attn_implementation, ran.model.task, ran.packs),
+            "attn_implementation": attention_backend(ran.model.attn_implementation, ran.model.task, packed),
             "optimizer": ran.train.optimizer,
-            "packing": ran.packs,
-            "padding_free": ran.packs,
+            "packing": packed,
+            "padding_free": packed,
             "vocabulary_projection": "trained positions only" if ran.train.selective_logits else "every position",
             "logging_steps": 1,
             "cpu_4bit_repack_disabled_layers": "all (peftkit.models.load)",

@@ -67,6 +67,15 @@ def load_tokenizer(spec: ModelSpec, source: ResolvedBase | None = None):
         raise ModelError(_load_failure(spec.base, source, exc)) from None
 
 
+def base_config(spec: ModelSpec):
+    """The base's (text) config without loading weights; None when it cannot be read (load_base then reports why)."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_base(spec.base).path_or_id, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def load_base(
     spec: ModelSpec, *, num_labels: int | None = None, label_names: tuple[str, ...] | None = None,
     packed: bool = True,

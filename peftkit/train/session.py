@@ -20,7 +20,7 @@ from ..adapters import ParamReport, attach_adapter, param_groups, param_report
 from ..data import build_data, ensure_pad_token, make_collator
 from ..errors import ModelError, RunDirError, TrainingAborted
 from ..eval.measure import measure
-from ..models.load import load_base, load_tokenizer
+from ..models.load import base_config, load_base, load_tokenizer
 from ..recipe import Recipe, recipe_to_yaml
 from ..rundir import default_run_dir, prepare_run_dir, versions, write_atomic, write_json
 from .batches import EpochBatches, endless
@@ -90,12 +90,13 @@ def train(
                       task=recipe.model.task)
     ensure_pad_token(tokenizer, stop_token_ids=data.stop_token_ids)
     num_labels = len(data.label_names or ()) or None
-    base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, packed=recipe.packs)
+    gc = choose_checkpointing(recipe.train.gradient_checkpointing, batch_size=recipe.train.batch_size,
+                              max_length=recipe.data.max_length, config=base_config(recipe.model))
+    packed = recipe.packs(gc.enabled)
+    base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, packed=packed)
     if found:
         _check_same_base(out, base.fingerprint)
     model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task, total_steps=recipe.train.max_steps)
-    gc = choose_checkpointing(recipe.train.gradient_checkpointing, batch_size=recipe.train.batch_size,
-                              max_length=recipe.data.max_length, config=base.model.config)
     if gc.enabled:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
                                               offload=recipe.train.checkpoint_offload and torch.cuda.is_available())
@@ -103,10 +104,10 @@ def train(
     params = param_report(model)
     console.print(f"[bold]{recipe.name}[/]: {base.source.path_or_id} + {recipe.adapter.method}, {params}", highlight=False)
     console.print(f"gradient checkpointing {'on' if gc.enabled else 'off'} ({gc.why}); packing "
-                  f"{'on' if recipe.packs else 'off'}", highlight=False)
+                  f"{'on' if packed else 'off'}", highlight=False)
 
     accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not torch.cuda.is_available())
-    collate = make_collator(tokenizer, packing=recipe.packs, task=recipe.model.task)
+    collate = make_collator(tokenizer, packing=packed, task=recipe.model.task)
     sampler = EpochBatches(len(data.train), recipe.train.batch_size, recipe.train.seed)
     loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate)
     optimizer = build_optimizer(param_groups(model, recipe.adapter, recipe.train.lr, recipe.train.weight_decay), recipe.train)
@@ -126,13 +127,13 @@ def train(
         "data": data.report.to_dict(),
         "params": {"trainable": params.trainable, "total": params.total},
         "gradient_checkpointing": {"enabled": gc.enabled, "why": gc.why},
-        "packing": recipe.packs,
+        "packing": packed,
     }
     write_atomic(out / "recipe.yaml", recipe_to_yaml(recipe))
     write_json(out / "meta.json", meta)
 
     eval_bs = recipe.eval.batch_size or recipe.train.batch_size
-    eval_collate = make_collator(tokenizer, packing=recipe.packs, task=recipe.model.task)  # loss only; generation pads
+    eval_collate = make_collator(tokenizer, packing=packed, task=recipe.model.task)  # loss only; generation pads
 
     def score(label: str):
         m = measure(unwrapped, tokenizer, data.eval, recipe.eval, collate=eval_collate, batch_size=eval_bs,

@@ -55,7 +55,7 @@ def test_the_run_records_its_choice(tmp_path):
         meta = json.loads((result.run_dir / "meta.json").read_text())
         # the tiny model's activations are far below a quarter of any machine's memory
         assert meta["gradient_checkpointing"]["enabled"] is (setting is True), meta["gradient_checkpointing"]
-        assert meta["packing"] is True  # chat data, LoRA: packing auto packs
+        assert meta["packing"] is (setting is True)  # packing auto follows checkpointing
 
 
 def test_offload_without_checkpointing_is_refused_naming_the_key():

@@ -33,15 +33,17 @@ class Recipe(Section):
             raise ValueError("use letters, digits, '.', '_' or '-' (it names a directory)")
         return v
 
-    @property
-    def packs(self) -> bool:
-        """data.packing resolved: `auto` packs causal LM batches unless PEFT's prompt learning would drop the
-        position_ids that keep packed examples apart. Measured on Code Alpaca (SmolLM2 4-bit, batch 8, checkpointing
-        on, 2 CPU cores): the same 4 steps took 31 s instead of 40 s and peak RSS fell from 3.4 to 2.5 GB; the
-        padding it removes was 42% of those batches' tokens (benchmarks/results/levers.md)."""
+    def packs(self, checkpointing: bool) -> bool:
+        """data.packing resolved for a run with or without activation checkpointing. `auto` packs causal LM
+        batches when checkpointing is on, unless PEFT's prompt learning would drop the position ids that keep
+        packed examples apart. Measured on SmolLM2 4-bit, 2 CPU cores (benchmarks/results/levers.md): with
+        checkpointing, packed rows (sdpa) stepped 1.17x faster than padded batches and peaked lower; without it,
+        padded batches (eager) were faster (23.5 vs 26.9 s on Code Alpaca; the quickstart fell from 2.0x to
+        1.46x TRL's speed when packed): a packed row's block-diagonal attention costs more on CPU than the
+        padding it saves, unless the activations are recomputed anyway."""
         if self.data.packing != "auto":
             return self.data.packing
-        return (self.model.task == "causal_lm" and self.data.format != "classification"
+        return (checkpointing and self.model.task == "causal_lm" and self.data.format != "classification"
                 and self.adapter.method not in PROMPT_LEARNING)
 
     @model_validator(mode="after")

@@ -47,8 +47,8 @@ class DataSpec(Section):
     train_on_inputs: bool = Field(False, description="also train on prompts / user turns (default: responses only)")
     packing: bool | Literal["auto"] = Field(
         "auto",
-        description="one padding-free row per batch, attention kept within each example (no FLOP on pads, "
-        "exact selective logits); auto: on for causal LM data unless the adapter is prompt/prefix tuning",
+        description="one padding-free row per batch, attention kept within each example (no FLOP on pads); "
+        "auto: on for causal LM data when activations are checkpointed, unless the adapter is prompt/prefix tuning",
     )
     seed: int | None = Field(None, description="shuffle seed (default: train.seed)")
     columns: dict[str, str] = Field(
