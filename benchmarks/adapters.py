@@ -17,10 +17,11 @@ Writes benchmarks/results/adapters.{json,md}. Run on a quiet machine: token rate
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from _rows import ROOT, machine, train_row, write_results
+from _rows import RESULTS, ROOT, machine, train_row, write_results
 
 RECIPE = ROOT / "recipes" / "smollm2-qlora-codealpaca.yaml"
 
@@ -49,8 +50,8 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
     "adalora": ("method", "AdaLoRA r=16 from 24 (bf16 base)", ["adapter.method=adalora", "adapter.adalora_tinit=4",
                                                                "adapter.adalora_tfinal=4", *UNQUANTIZED]),
     "oft": ("method", "OFT block 32", ["adapter.method=oft", "adapter.dropout=0"]),
-    "boft": ("method", "BOFT block 32, 2 butterfly factors", ["adapter.method=boft", "adapter.dropout=0",
-                                                              "adapter.butterfly_factor=2"]),
+    # butterfly factors > 1 need PEFT's CUDA kernel (recipe validation says so on CPU)
+    "boft": ("method", "BOFT block 32, 1 butterfly factor", ["adapter.method=boft", "adapter.dropout=0"]),
     "prompt_tuning": ("method", "prompt tuning, 20 virtual tokens", ["adapter.method=prompt_tuning",
                                                                      "adapter.dropout=0", "train.lr=3e-2"]),
     "prefix_tuning": ("method", "prefix tuning, 20 virtual tokens", ["adapter.method=prefix_tuning",
@@ -136,6 +137,8 @@ def markdown(result: dict) -> str:
                    f"{r['eval_loss_after']:.4f} | {gap} |")
     if result.get("qlora_finding"):
         out += ["", result["qlora_finding"]]
+    for rerun in result.get("reruns", []):
+        out += ["", f"Rows re-run later with `{rerun}` (their machine line is in the JSON)."]
     return "\n".join(out) + "\n"
 
 
@@ -155,9 +158,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--only", nargs="+", choices=list(ROWS), help="rows to run (default: all)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench-adapters")
+    parser.add_argument("--update", action="store_true",
+                        help="with --only: replace those rows in results/adapters.json (same --steps) and rewrite it")
     args = parser.parse_args(argv)
     before = machine()
     rows = [run_row(name, args.steps, args.workdir) for name in args.only or list(ROWS)]
+    if args.update and args.only:
+        result = json.loads((RESULTS / "adapters.json").read_text())
+        if result["steps"] != args.steps:
+            raise SystemExit(f"--update: results/adapters.json ran {result['steps']} steps, not {args.steps}")
+        new = {r["name"]: {**r, "rerun": before} for r in rows}
+        result["rows"] = [new.pop(r["name"], r) for r in result["rows"]] + list(new.values())
+        result["reruns"] = [*result.get("reruns", []), "python benchmarks/adapters.py " + " ".join(argv)]
+        result["qlora_finding"] = qlora_finding(result["rows"])
+        write_results("adapters", result, markdown(result))
+        return
     result = {
         "command": "python benchmarks/adapters.py " + " ".join(argv),
         "recipe": str(RECIPE.relative_to(ROOT)), "steps": args.steps, "shared_overrides": SHARED,
