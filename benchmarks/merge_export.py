@@ -4,7 +4,7 @@ when llama-cpp-python is installed), each scored on the same held-out prompts.
 
     python benchmarks/merge_export.py                    # trains the quickstart first (~5 min on 2 cores)
     python benchmarks/merge_export.py --run runs/quickstart
-    pip install llama-cpp-python                         # opt-in: builds llama.cpp from source, ~10-20 min
+    .venv/bin/pip install -e '.[llama]'                 # opt-in llama.cpp rows: builds it from source, ~15 min
 
 For every exported form: the merge check peftkit ran while writing it (mean KL and top-1 agreement against the
 trained model), exact match on the recipe's held-out prompts with greedy decoding, and how many answers are the
