@@ -43,20 +43,26 @@ def grads(m):
     return {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
 
 
+def assert_matches_full_loss(m, batch, **kwargs):
+    """causal_lm_loss(..., selective=True, **kwargs) equals transformers' full loss, value and gradients."""
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    full = causal_lm_loss(m, batch, n, selective=False)
+    full.backward()
+    g_full = grads(m)
+    m.zero_grad()
+    got = causal_lm_loss(m, batch, n, selective=True, **kwargs)
+    got.backward()
+    torch.testing.assert_close(got, full, rtol=1e-6, atol=1e-6)
+    for name, g in grads(m).items():
+        torch.testing.assert_close(g, g_full[name], rtol=1e-5, atol=1e-7)
+    return full.detach(), n
+
+
 def test_selective_equals_full_loss_and_gradients():
     for batch in (padded_batch(), packed_batch()):
         m = model()
         assert supports_selective_logits(m)
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        full = causal_lm_loss(m, batch, n, selective=False)
-        full.backward()
-        g_full = grads(m)
-        m.zero_grad()
-        sel = causal_lm_loss(m, batch, n, selective=True)
-        sel.backward()
-        torch.testing.assert_close(sel, full, rtol=1e-6, atol=1e-6)
-        for name, g in grads(m).items():
-            torch.testing.assert_close(g, g_full[name], rtol=1e-5, atol=1e-7)
+        assert_matches_full_loss(m, batch)
 
 
 def test_loss_is_divided_by_the_window_token_count():
@@ -73,18 +79,9 @@ def test_chunked_equals_full_loss_and_gradients():
     for batch in (padded_batch(), packed_batch()):
         m = model()
         assert head_reads_last_hidden_state(m)
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        full = causal_lm_loss(m, batch, n, selective=False)
-        full.backward()
-        g_full = grads(m)
-        m.zero_grad()
-        chunked = causal_lm_loss(m, batch, n, selective=True, chunk=3)
-        chunked.backward()
-        torch.testing.assert_close(chunked, full, rtol=1e-6, atol=1e-6)
-        for name, g in grads(m).items():
-            torch.testing.assert_close(g, g_full[name], rtol=1e-5, atol=1e-7)
+        full, n = assert_matches_full_loss(m, batch, chunk=3)
         with torch.no_grad():  # eval: no checkpointing, same value
-            torch.testing.assert_close(causal_lm_loss(m, batch, n, selective=True, chunk=3), full.detach())
+            torch.testing.assert_close(causal_lm_loss(m, batch, n, selective=True, chunk=3), full)
 
 
 def test_chunked_path_is_refused_where_the_head_does_not_read_the_last_hidden_state():
