@@ -4,11 +4,14 @@ when llama-cpp-python is installed), each scored on the same held-out prompts.
 
     python benchmarks/merge_export.py                    # trains the quickstart first (~5 min on 2 cores)
     python benchmarks/merge_export.py --run runs/quickstart
-    .venv/bin/pip install -e '.[llama]'                 # opt-in llama.cpp rows: builds it from source, ~15 min
+    # opt-in llama.cpp rows: builds llama.cpp from source (~15 min on 2 cores). GGML_NATIVE=OFF builds for a
+    # portable AVX2 CPU: a native build on a VM can pick instructions the VM then refuses (SIGILL on q8_0 here).
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" .venv/bin/pip install -e '.[llama]'
 
 For every exported form: the merge check peftkit ran while writing it (mean KL and top-1 agreement against the
 trained model), exact match on the recipe's held-out prompts with greedy decoding, and how many answers are the
-same text as the merged PyTorch model's. Writes benchmarks/results/merge_export.{json,md}.
+same text as the merged PyTorch model's. llama.cpp runs in a child process, so a crash there is a failed row with
+its cause, not a lost benchmark. Writes benchmarks/results/merge_export.{json,md}.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,29 +39,45 @@ from peftkit.models.load import load_tokenizer
 from _rows import ROOT, write_results
 
 
-
 def _answers_torch(model, tokenizer, rows, stops, spec) -> list[str]:
     model.eval()
     return generate_batched(model, tokenizer, [r["prompt_ids"] for r in rows], max_new_tokens=spec.max_new_tokens,
                             batch_size=spec.batch_size or 16, stop_token_ids=stops)
 
 
-def _answers_llama_cpp(gguf: Path, tokenizer, rows, spec) -> list[str]:
+def _llama_cpp_worker(gguf: str, prompts_json: str, out_json: str, max_new_tokens: int) -> None:
+    """Greedy answers from llama.cpp, run in its own process: a native crash (SIGILL from a build for another CPU,
+    a segfault on a bad file) must cost one row, not the whole benchmark."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_threads=os.cpu_count() or 2, verbose=False, seed=0)
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=1024, n_threads=os.cpu_count() or 2, verbose=False, seed=0)
     # llama.cpp's own end-of-generation set, read from the GGUF: a lost stop token shows up here as run-on answers
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     stops = {t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
     out = []
-    for r in rows:  # the same prompt token ids (chat template applied), greedy
+    for prompt_ids in json.loads(Path(prompts_json).read_text()):  # same ids as torch (chat template applied)
         ids: list[int] = []
-        for tok in llm.generate(r["prompt_ids"], temp=0.0, top_k=1, reset=True):
-            if tok in stops or len(ids) >= spec.max_new_tokens:
+        for tok in llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True):
+            if tok in stops or len(ids) >= max_new_tokens:
                 break
             ids.append(tok)
-        out.append(tokenizer.decode(ids, skip_special_tokens=True))
-    return out
+        out.append(ids)
+    Path(out_json).write_text(json.dumps(out))
+
+
+def _answers_llama_cpp(gguf: Path, tokenizer, rows, spec) -> list[str]:
+    """Answers decoded with the run's tokenizer; raises RuntimeError naming the exit status when llama.cpp dies."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts, answers = Path(tmp) / "prompts.json", Path(tmp) / "answers.json"
+        prompts.write_text(json.dumps([list(r["prompt_ids"]) for r in rows]))
+        proc = subprocess.run([sys.executable, __file__, "--llama-cpp-worker", str(gguf), str(prompts), str(answers),
+                               str(spec.max_new_tokens)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+                   else f"exit status {proc.returncode}")
+            last = proc.stderr.strip().splitlines()[-1:] or [""]
+            raise RuntimeError(f"llama.cpp {how} {last[0]}".strip())
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in json.loads(answers.read_text())]
 
 
 def _score(name: str, answers: list[str], refs: list[str], reference_answers: list[str] | None, **extra) -> dict:
@@ -121,9 +143,14 @@ def main(argv: list[str]) -> None:
                             file_mb=round(gguf.stat().st_size / 2**20, 1)))
         del model
         if llama_cpp is not None:
-            answers = _answers_llama_cpp(gguf, tokenizer, rows, spec)
-            table.append(_score(f"GGUF {gguf_type} via llama.cpp (llama-cpp-python {llama_cpp.__version__})",
-                                answers, refs, merged_answers, file_mb=round(gguf.stat().st_size / 2**20, 1)))
+            name = f"GGUF {gguf_type} via llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+            try:
+                answers = _answers_llama_cpp(gguf, tokenizer, rows, spec)
+            except RuntimeError as err:
+                print(f"   {name}: {err}", flush=True)
+                table.append({"form": name, "exact_match": None, "error": str(err)})
+                continue
+            table.append(_score(name, answers, refs, merged_answers, file_mb=round(gguf.stat().st_size / 2**20, 1)))
 
     result = {
         "command": "python benchmarks/merge_export.py " + " ".join(argv), "run": str(run),
@@ -146,6 +173,9 @@ def markdown(result: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["table"]:
+        if r["exact_match"] is None:
+            lines.append(f"| {r['form']} | failed: {r['error']} | | | | |")
+            continue
         same = f"{r['same_answer_as_merged']:.2f}" if "same_answer_as_merged" in r else ""
         kl = f"{r['mean_kl']:.2e}" if "mean_kl" in r else ""
         top1 = f"{r['top1_agreement']:.3f}" if "top1_agreement" in r else ""
@@ -154,4 +184,8 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--llama-cpp-worker"]:
+        gguf_path, prompts_path, out_path, max_new = sys.argv[2:6]
+        _llama_cpp_worker(gguf_path, prompts_path, out_path, int(max_new))
+    else:
+        main(sys.argv[1:])
