@@ -79,7 +79,7 @@ def read_vocab(hf_dir: Path, vocab_size: int) -> GgufVocab:
 
     tokens, token_types = _tokens(tokenizer_json, model["vocab"], spec.get("added_tokens") or [], vocab_size)
     pre = _pre_name(tokenizer_json, spec.get("pre_tokenizer"))
-    if pre in ("gpt2", "smollm"):
+    if pre in ("gpt-2", "smollm"):
         pre = _KNOWN_VOCAB_PRE.get(hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest(), pre)
     # Merges are "a b" strings in older tokenizer.json files and [a, b] pairs in newer ones.
     merges = tuple(m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or [])
@@ -143,7 +143,7 @@ def _pre_name(tokenizer_json: Path, pre_tokenizer: dict[str, Any] | None) -> str
     last = steps[-1] if steps else {}
     if kinds and kinds[-1] == "ByteLevel" and not last.get("add_prefix_space", False):
         if kinds == ["ByteLevel"] and last.get("use_regex", True):
-            return "gpt2"
+            return "gpt-2"  # llama.cpp's name for the GPT-2 regex (its tokenizer model is "gpt2")
         if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and last.get("use_regex", True):
             return "smollm"  # llama.cpp's name for "each digit alone, then the GPT-2 regex"
         if kinds == ["Split", "ByteLevel"] and not last.get("use_regex", True):

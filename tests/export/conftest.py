@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.gguf_models import byte_level_tokenizer
 from support.tiny_run import tiny_recipe, write_base, write_chat
+from transformers import PreTrainedTokenizerFast
 
 import peftkit
 
@@ -43,3 +45,9 @@ def nf4_run(tiny_root) -> Path:
 def pissa_run(tiny_root) -> Path:
     """An fp32 LoRA started with PiSSA: loading the adapter moves the base's principal part into it."""
     return _train(tiny_root, "run-pissa", adapter={"init": "pissa"})
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with ChatML specials, GPT-2 style like SmolLM2's: what the GGUF tests export."""
+    return byte_level_tokenizer()

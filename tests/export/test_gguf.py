@@ -10,127 +10,25 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, dequantize
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
+from support.gguf_models import (
+    CHAT,
+    CHATML,
+    F16_RTOL,
+    LLAMA3_SPLIT,
+    PROBES,
+    Q8_RTOL,
+    QWEN2_SPLIT,
+    SPECIALS,
+    byte_level_tokenizer,
+    logits,
+    save_model,
 )
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 import peftkit.export.gguf as gguf_export
 from peftkit.errors import PeftkitError
 from peftkit.export.gguf import write_gguf
 from peftkit.models import zoo
-
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Hello world! How are you today?",
-    "Paris is the capital of France; Berlin is the capital of Germany.",
-    "def double(x):\n    return x * 2  # 12345",
-]
-PROBES = ["Hello world!", "  two  spaces\nand a newline 12345", "<|im_start|>user\nhi<|im_end|>", "ünïcödé 😀 naïve"]
-CHAT = [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}]
-# Logit errors relative to the largest logit (~7 here). The random weights (std 0.2) amplify weight
-# errors about 4x through the two layers: f16 rounding (2^-11) measured ~0.002, q8_0 (an int8 per
-# weight and one f16 scale per 32, ~0.5% rms per weight) ~0.08, a missing Q/K permutation ~1.2.
-F16_RTOL = 5e-3
-Q8_RTOL = 0.15
-_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-
-# The split regexes of Llama 3 and Qwen2 tokenizer.json files.
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
-
-
-def _byte_level_tokenizer(split: str | None = None) -> PreTrainedTokenizerFast:
-    """A small byte-level BPE tokenizer with ChatML special tokens; GPT-2 splitting unless `split` is given."""
-    tok = Tokenizer(models.BPE())
-    if split is None:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 10, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|im_end|>",
-        chat_template=CHATML,
-    )
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    """GPT-2 style, like SmolLM2's."""
-    return _byte_level_tokenizer()
-
-
-def _save_model(folder: Path, tokenizer: PreTrainedTokenizerFast, arch: str = "llama", tied: bool = False) -> Path:
-    """A tiny random model of `arch` saved with the tokenizer, as a merge would leave it."""
-    sizes = dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=len(tokenizer) + 5,  # padded embedding, as many real models have
-        max_position_embeddings=256,
-        tie_word_embeddings=tied,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        # Large enough that attention is far from uniform, so a wrong Q/K layout shows in the logits.
-        initializer_range=0.2,
-    )
-    torch.manual_seed(0)
-    classes = {
-        "llama": (LlamaConfig, LlamaForCausalLM),
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-        "mistral": (MistralConfig, MistralForCausalLM),
-    }
-    config_class, model_class = classes[arch]
-    extra = {"sliding_window": None} if arch == "mistral" else {}
-    model = model_class(config_class(**sizes, **extra)).eval()
-    with torch.no_grad():  # HF initialises biases to zero; random ones prove they are carried over
-        for name, param in model.named_parameters():
-            if name.endswith(".bias"):
-                param.normal_(0.0, 0.5)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def _logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0]
 
 
 def _relative_logit_error(hf_dir: Path, gguf_file: Path, tokenizer: PreTrainedTokenizerFast) -> float:
@@ -138,8 +36,8 @@ def _relative_logit_error(hf_dir: Path, gguf_file: Path, tokenizer: PreTrainedTo
     ids = tokenizer(tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True))["input_ids"]
     original = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     reloaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-    expected = _logits(original, ids)
-    diff = (_logits(reloaded.eval(), ids) - expected).abs().max() / expected.abs().max()
+    expected = logits(original, ids)
+    diff = (logits(reloaded.eval(), ids) - expected).abs().max() / expected.abs().max()
     return diff.item()
 
 
@@ -154,7 +52,7 @@ def _tensor_types(gguf_file: Path) -> dict[str, GGMLQuantizationType]:
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_llama_f16_round_trip_gives_the_same_logits_tokens_and_template(tmp_path, tokenizer, tied):
-    hf_dir = _save_model(tmp_path / "merged", tokenizer, tied=tied)
+    hf_dir = save_model(tmp_path / "merged", tokenizer, tied=tied)
     out = tmp_path / "gguf" / "model.gguf"  # a folder of its own: the reload must not read tokenizer.json
 
     report = write_gguf(hf_dir, out, gguf_type="f16")
@@ -182,8 +80,8 @@ def test_llama_f16_round_trip_gives_the_same_logits_tokens_and_template(tmp_path
 
 @pytest.mark.parametrize(("split", "pre"), [(LLAMA3_SPLIT, "llama-bpe"), (QWEN2_SPLIT, "qwen2")], ids=["llama3", "qwen2"])
 def test_split_regex_tokenizers_round_trip_under_their_llama_cpp_name(tmp_path, split, pre):
-    tokenizer = _byte_level_tokenizer(split)
-    hf_dir = _save_model(tmp_path / "merged", tokenizer)
+    tokenizer = byte_level_tokenizer(split)
+    hf_dir = save_model(tmp_path / "merged", tokenizer)
     out = tmp_path / "gguf" / "model.gguf"
 
     write_gguf(hf_dir, out)
@@ -196,7 +94,7 @@ def test_split_regex_tokenizers_round_trip_under_their_llama_cpp_name(tmp_path, 
 
 
 def test_metadata_states_the_architecture_and_tokenizer(tmp_path, tokenizer):
-    hf_dir = _save_model(tmp_path / "merged", tokenizer)
+    hf_dir = save_model(tmp_path / "merged", tokenizer)
     out = tmp_path / "model.gguf"
 
     write_gguf(hf_dir, out, name="tiny-test")
@@ -214,11 +112,11 @@ def test_metadata_states_the_architecture_and_tokenizer(tmp_path, tokenizer):
     assert fields["llama.rope.dimension_count"] == 16
     assert fields["llama.vocab_size"] == len(tokenizer) + 5
     assert fields["tokenizer.ggml.model"] == "gpt2"
-    assert fields["tokenizer.ggml.pre"] == "gpt2"
+    assert fields["tokenizer.ggml.pre"] == "gpt-2"
     tokens = fields["tokenizer.ggml.tokens"]
     assert len(tokens) == len(tokenizer) + 5 and tokens[-1] == f"[PAD{len(tokens) - 1}]"
     types = fields["tokenizer.ggml.token_type"]
-    assert [types[tokenizer.convert_tokens_to_ids(t)] for t in _SPECIALS] == [3, 3, 3]  # CONTROL
+    assert [types[tokenizer.convert_tokens_to_ids(t)] for t in SPECIALS] == [3, 3, 3]  # CONTROL
     assert types[-1] == 5  # UNUSED padding row
     assert fields["tokenizer.ggml.bos_token_id"] == tokenizer.bos_token_id
     assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.eos_token_id
@@ -230,7 +128,7 @@ def test_metadata_states_the_architecture_and_tokenizer(tmp_path, tokenizer):
 
 
 def test_q8_0_round_trip_within_a_looser_tolerance(tmp_path, tokenizer):
-    hf_dir = _save_model(tmp_path / "merged", tokenizer, tied=True)
+    hf_dir = save_model(tmp_path / "merged", tokenizer, tied=True)
     out = tmp_path / "gguf" / "model-q8_0.gguf"
 
     report = write_gguf(hf_dir, out, gguf_type="q8_0")
@@ -255,7 +153,7 @@ def test_q8_0_round_trip_within_a_looser_tolerance(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_qwen2_round_trip_keeps_the_qkv_biases(tmp_path, tokenizer, tied):
-    hf_dir = _save_model(tmp_path / "merged", tokenizer, arch="qwen2", tied=tied)
+    hf_dir = save_model(tmp_path / "merged", tokenizer, arch="qwen2", tied=tied)
     out = tmp_path / "gguf" / "model.gguf"
 
     report = write_gguf(hf_dir, out)
@@ -268,7 +166,7 @@ def test_qwen2_round_trip_keeps_the_qkv_biases(tmp_path, tokenizer, tied):
 
 
 def test_mistral_is_written_as_a_llama_graph(tmp_path, tokenizer):
-    hf_dir = _save_model(tmp_path / "merged", tokenizer, arch="mistral")
+    hf_dir = save_model(tmp_path / "merged", tokenizer, arch="mistral")
     out = tmp_path / "gguf" / "model.gguf"
 
     assert write_gguf(hf_dir, out).architecture == "llama"
@@ -277,7 +175,7 @@ def test_mistral_is_written_as_a_llama_graph(tmp_path, tokenizer):
 
 def test_round_trip_check_catches_a_missing_qk_permutation(tmp_path, tokenizer, monkeypatch):
     """The logits comparison above is what proves the permutation; show it can fail without it."""
-    hf_dir = _save_model(tmp_path / "merged", tokenizer)
+    hf_dir = save_model(tmp_path / "merged", tokenizer)
     out = tmp_path / "gguf" / "model.gguf"
     monkeypatch.setattr(gguf_export, "_permute_rotary", lambda weights, n_heads: weights)
 
@@ -288,7 +186,7 @@ def test_round_trip_check_catches_a_missing_qk_permutation(tmp_path, tokenizer, 
 
 def test_sharded_weights_are_read_through_the_index(tmp_path, tokenizer):
     hf_dir = tmp_path / "merged"
-    _save_model(hf_dir, tokenizer)
+    save_model(hf_dir, tokenizer)
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
     model.save_pretrained(hf_dir, max_shard_size="100KB")
     (hf_dir / "model.safetensors").unlink(missing_ok=True)
@@ -314,7 +212,7 @@ def test_unsupported_architecture_is_refused_by_name(tmp_path, architecture):
 
 @pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "tokenizer.json"])
 def test_a_missing_file_is_named(tmp_path, tokenizer, missing):
-    hf_dir = _save_model(tmp_path / "merged", tokenizer)
+    hf_dir = save_model(tmp_path / "merged", tokenizer)
     (hf_dir / missing).unlink()
 
     with pytest.raises(PeftkitError, match=missing.replace(".", r"\.")):
@@ -335,7 +233,7 @@ def test_a_missing_file_is_named(tmp_path, tokenizer, missing):
     ids=["rope-scaling", "gelu", "llama-bias"],
 )
 def test_config_features_the_export_cannot_carry_are_refused(tmp_path, tokenizer, change, message):
-    hf_dir = _save_model(tmp_path / "merged", tokenizer)
+    hf_dir = save_model(tmp_path / "merged", tokenizer)
     config = json.loads((hf_dir / "config.json").read_text())
     (hf_dir / "config.json").write_text(json.dumps({**config, **change}))
 
@@ -347,7 +245,7 @@ def test_config_features_the_export_cannot_carry_are_refused(tmp_path, tokenizer
 def test_an_unmerged_adapter_is_refused(tmp_path, tokenizer):
     from safetensors.torch import load_file, save_file
 
-    hf_dir = _save_model(tmp_path / "merged", tokenizer)
+    hf_dir = save_model(tmp_path / "merged", tokenizer)
     weights = load_file(hf_dir / "model.safetensors")
     weights["model.layers.0.self_attn.q_proj.lora_A.weight"] = torch.zeros(8, 64)
     save_file(weights, hf_dir / "model.safetensors", metadata={"format": "pt"})
@@ -357,7 +255,7 @@ def test_an_unmerged_adapter_is_refused(tmp_path, tokenizer):
 
 
 def test_a_failure_mid_write_leaves_no_file_and_keeps_the_previous_one(tmp_path, tokenizer, monkeypatch):
-    hf_dir = _save_model(tmp_path / "merged", tokenizer)
+    hf_dir = save_model(tmp_path / "merged", tokenizer)
     out_dir = tmp_path / "gguf"
     out = out_dir / "model.gguf"
     real_converted = gguf_export._converted
@@ -383,7 +281,7 @@ def test_a_failure_mid_write_leaves_no_file_and_keeps_the_previous_one(tmp_path,
 
 
 def test_an_unknown_gguf_type_is_refused(tmp_path, tokenizer):
-    hf_dir = _save_model(tmp_path / "merged", tokenizer)
+    hf_dir = save_model(tmp_path / "merged", tokenizer)
 
     with pytest.raises(PeftkitError, match="gguf_type"):
         write_gguf(hf_dir, tmp_path / "model.gguf", gguf_type="q4_k")  # type: ignore[arg-type]
@@ -409,10 +307,10 @@ def test_smollm2_f16_round_trip(smollm2_dir, smollm2_gguf):
     assert reloaded_tok(rendered)["input_ids"] == ids
 
     original = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    expected = _logits(original, ids)
+    expected = logits(original, ids)
     del original
     reloaded = AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name, dtype=torch.float32).eval()
-    got = _logits(reloaded, ids)
+    got = logits(reloaded, ids)
     # f16 weights through 30 layers: measured 0.0011 of the largest logit
     assert (got - expected).abs().max().item() < F16_RTOL * expected.abs().max().item()
     assert torch.equal(got.argmax(-1), expected.argmax(-1))

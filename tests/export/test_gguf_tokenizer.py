@@ -47,7 +47,7 @@ def test_tokens_types_and_special_ids(tmp_path):
 
     vocab = read_vocab(folder, size)
 
-    assert (vocab.model, vocab.pre) == ("gpt2", "gpt2")
+    assert (vocab.model, vocab.pre) == ("gpt2", "gpt-2")
     assert len(vocab.tokens) == len(vocab.token_types) == size
     assert vocab.tokens[:3] == ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
     assert vocab.token_types[:3] == (3, 3, 3)  # CONTROL
