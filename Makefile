@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export PIP_CACHE_DIR ?= $(HOME)/.cache/pip
 export PEFTKIT_CACHE ?= $(HOME)/.cache/peftkit
 
-.PHONY: install install-dev demo test test-fast test-integration clean
+.PHONY: install install-dev demo test test-fast test-integration test-llama-cpp clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -38,6 +38,15 @@ test-fast: install-dev
 
 test-integration: install-dev
 	$(BIN)/python -m pytest -q -m integration
+
+# Opt-in: llama.cpp itself loads and runs our GGUF files. Builds llama-cpp-python from source (~6 min on
+# 2 cores). GGML_NATIVE=OFF targets any AVX2 CPU: a build tuned to the host can use instructions a VM then
+# refuses (SIGILL). No wheel cache, so a natively built wheel cached earlier is not picked up instead.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+test-llama-cpp: install-dev
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir -e ".[llama]"
+	$(BIN)/python -m pytest -q tests/export/test_gguf_llama_cpp.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

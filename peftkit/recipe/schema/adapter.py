@@ -168,7 +168,8 @@ def compatibility_problems(
     if bits is not None and init == "pissa":
         refuse("adapter.init", init, (
             "pissa rewrites the base weights and needs them un-quantized: set model.quantization.bits to null, "
-            "or use init olora (or loftq on a 4-bit base)"
+            "or use init loftq on a 4-bit base (olora runs there but re-quantizes the residual; see "
+            "benchmarks/results/adapters.md)"
         ))
     if init == "loftq" and bits != 4:
         refuse("adapter.init", init, (
