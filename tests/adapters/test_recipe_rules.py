@@ -67,6 +67,7 @@ def test_options_at_their_defaults_or_off_are_accepted_by_any_method():
     (["model.quantization.bits=8", "adapter.method=dora"], "adapter.method", "model.quantization.bits to 4 or null"),
     (["model.quantization.bits=8", "adapter.init=pissa"], "adapter.init", "init olora"),
     (["model.quantization.bits=4", "adapter.init=pissa"], "adapter.init", "model.quantization.bits to null"),
+    (["model.quantization.bits=4", "adapter.init=pissa"], "adapter.init", "or use init loftq"),
     (["adapter.init=loftq"], "adapter.init", "model.quantization.bits to 4"),
     (["model.quantization.bits=8", "adapter.init=loftq"], "adapter.init", "model.quantization.bits to 4"),
     (["model.quantization.bits=4", "adapter.method=ia3"], "adapter.method", "model.dtype to float32"),

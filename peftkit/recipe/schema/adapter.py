@@ -168,8 +168,8 @@ def compatibility_problems(
     if bits is not None and init == "pissa":
         refuse("adapter.init", init, (
             "pissa rewrites the base weights and needs them un-quantized: set model.quantization.bits to null, "
-            "or use init loftq on a 4-bit base (olora runs there but re-quantizes the residual; see "
-            "benchmarks/results/adapters.md)"
+            + ("or use init loftq (olora re-quantizes the 4-bit residual and starts further from the base: "
+               "benchmarks/results/adapters.md)" if bits == 4 else "or use init olora")
         ))
     if init == "loftq" and bits != 4:
         refuse("adapter.init", init, (
