@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from peftkit.export.gguf import write_gguf
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp rows need: pip install -e '.[llama]'")
+llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: make test-llama-cpp builds it")
 
 
 def _llama_cpp_logits(gguf_file: Path, ids: list[int]) -> np.ndarray:
