@@ -15,6 +15,7 @@ its cause, not a lost benchmark. Writes benchmarks/results/merge_export.{json,md
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import signal
@@ -123,31 +124,31 @@ def main(argv: list[str]) -> None:
                         mean_kl=merged.check.mean_kl, top1_agreement=merged.check.top1_agreement))
     del model
 
-    llama_cpp = None
+    llama_version = None  # read from the package metadata: the native library only ever loads in the worker
     if not args.no_llama_cpp:
         try:
-            import llama_cpp
-        except ImportError:
+            llama_version = importlib.metadata.version("llama-cpp-python")
+        except importlib.metadata.PackageNotFoundError:
             print("== llama-cpp-python is not installed: the llama.cpp rows are left out", flush=True)
     for gguf_type in ("f16", "q8_0"):
         exp = export(run, format="gguf", gguf_type=gguf_type, out=run / "export" / f"gguf-{gguf_type}", force=True,
                      console=console)
         gguf = next(exp.out.glob("*.gguf"))
-        print(f"== gguf {gguf_type}: {gguf.stat().st_size / 2**20:.1f} MB", flush=True)
+        file_mb = round(gguf.stat().st_size / 2**20, 1)
+        print(f"== gguf {gguf_type}: {file_mb} MB", flush=True)
         model = AutoModelForCausalLM.from_pretrained(str(exp.out), gguf_file=gguf.name, dtype=torch.float32)
         answers = _answers_torch(model, tokenizer, rows, stops, spec)
-        table.append(_score(f"GGUF {gguf_type} via transformers", answers, refs, merged_answers,
-                            file_mb=round(gguf.stat().st_size / 2**20, 1)))
+        table.append(_score(f"GGUF {gguf_type} via transformers", answers, refs, merged_answers, file_mb=file_mb))
         del model
-        if llama_cpp is not None:
-            name = f"GGUF {gguf_type} via llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+        if llama_version is not None:
+            name = f"GGUF {gguf_type} via llama.cpp (llama-cpp-python {llama_version})"
             try:
                 answers = _answers_llama_cpp(gguf, tokenizer, rows, spec)
             except RuntimeError as err:
                 print(f"   {name}: {err}", flush=True)
                 table.append({"form": name, "exact_match": None, "error": str(err)})
                 continue
-            table.append(_score(name, answers, refs, merged_answers, file_mb=round(gguf.stat().st_size / 2**20, 1)))
+            table.append(_score(name, answers, refs, merged_answers, file_mb=file_mb))
 
     result = {
         "command": "python benchmarks/merge_export.py " + " ".join(argv), "run": str(run),

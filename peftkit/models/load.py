@@ -49,11 +49,10 @@ def bnb_config(q: QuantizationSpec, *, task: str) -> BitsAndBytesConfig | None:
 
 
 def attention_backend(choice: str, task: str = "causal_lm", packed: bool = True) -> str:
-    """auto: sdpa, except for decoders trained on padded batches on CPU. Measured on SmolLM2 4-bit, 2 CPU cores
-    (benchmarks/results/levers.md and the quickstart): padded Code Alpaca batches trained 1.2x faster with eager;
-    packed rows the other way round (Code Alpaca 33.1 vs 35.2 s, peak RSS 2.0 vs 2.9 GB; quickstart 24.5 vs
-    29.0 s, 4.3 vs 5.9 GB, and its batched generation eval 1.7x faster). The MiniLM encoder: sdpa ~2 s vs eager
-    ~10 s per step."""
+    """auto: sdpa, except for decoders trained on padded batches on CPU. On SmolLM2 4-bit, Code Alpaca, 2 CPU
+    cores (benchmarks/results/levers.md): padded batches stepped faster with eager (23.5 vs 24.8 s); packed rows
+    the other way round (sdpa 31.5 vs eager 39.4 s, peak RSS 2.1 vs 2.8 GB). The MiniLM encoder: sdpa ~2 s vs
+    eager ~10 s per step (a one-off measurement)."""
     if choice != "auto":
         return choice
     return "eager" if task == "causal_lm" and not packed and not torch.cuda.is_available() else "sdpa"

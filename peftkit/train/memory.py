@@ -1,9 +1,10 @@
 """train.gradient_checkpointing: auto — recompute activations only where keeping them would crowd the machine.
 
-Checkpointing trades time for memory. Measured on SmolLM2-135M 4-bit, LoRA r=16 all-linear, Code Alpaca, batch 8,
-2 CPU cores (benchmarks/levers.py): without it a step kept ~136 bytes of activations per token, layer and hidden
-unit (peak RSS 8.6 GB vs 3.3 GB with it, on a first batch of 2,264 padded tokens), and checkpointing made the
-step about 1.3x slower. So `auto` estimates the activations of the largest micro-batch the recipe allows
+Checkpointing trades time for memory. On SmolLM2-135M 4-bit, LoRA r=16 all-linear, Code Alpaca, batch 8, 2 CPU
+cores (benchmarks/results/levers.md) it cut peak RSS from 7.6 to 2.4 GB and made steps 1.56x slower. The
+per-token constant below is from an earlier run of benchmarks/levers.py, not the recorded table: without
+checkpointing a step kept ~136 bytes of activations per token, layer and hidden unit (8.6 vs 3.3 GB on a first
+batch of 2,264 padded tokens). So `auto` estimates the activations of the largest micro-batch the recipe allows
 (train.batch_size x data.max_length tokens) and turns checkpointing on when they would take more than a quarter
 of the device's memory (the GPU's, or the machine's RAM on CPU), leaving the rest for the weights, the optimizer,
 the logits and everything else running there. The decision and its numbers are printed and kept in meta.json.

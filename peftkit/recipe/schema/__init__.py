@@ -38,9 +38,8 @@ class Recipe(Section):
         batches when checkpointing is on, unless PEFT's prompt learning would drop the position ids that keep
         packed examples apart. Measured on SmolLM2 4-bit, 2 CPU cores (benchmarks/results/levers.md): with
         checkpointing, packed rows (sdpa) stepped 1.17x faster than padded batches and peaked lower; without it,
-        padded batches (eager) were faster (23.5 vs 26.9 s on Code Alpaca; the quickstart fell from 2.0x to
-        1.46x TRL's speed when packed): a packed row's block-diagonal attention costs more on CPU than the
-        padding it saves, unless the activations are recomputed anyway."""
+        padded batches (eager) were faster (23.5 vs 26.9 s on Code Alpaca): a packed row's block-diagonal
+        attention costs more on CPU than the padding it saves, unless the activations are recomputed anyway."""
         if self.data.packing != "auto":
             return self.data.packing
         return (checkpointing and self.model.task == "causal_lm" and self.data.format != "classification"
