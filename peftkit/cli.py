@@ -182,6 +182,17 @@ def cmd_models_pull(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from .doctor import doctor_report, render_report
+
+    report = doctor_report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        out.print(render_report(report), highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning from a recipe.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -258,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--force", action="store_true", help="convert again even if cached")
     p.set_defaults(func=cmd_models_pull)
+
+    p = sub.add_parser("doctor", help="this machine's devices, versions, free memory and `auto` precision, for bug reports")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 
