@@ -62,14 +62,14 @@ def loftq_init(model: PeftModel, adapter_name: str = "default") -> int:
             missing = name.removeprefix(PEFT_PREFIX)
             raise ModelError(f"adapter.init loftq: no weight for {missing} in the base's safetensors")
         with safe_open(files[key], framework="pt") as f:
-            original = f.get_tensor(key).float()
+            original = f.get_tensor(key).to(base.weight.device, torch.float32)  # on the 4-bit weight's device
         error = original - dequantize_module_weight(base).float()
         u, s, vh = torch.linalg.svd(error, full_matrices=False)
         r, scale = module.r[adapter_name], module.scaling[adapter_name]
         root = (s[:r] / scale).sqrt()  # split evenly: B·A·scale = U_r S_r Vh_r
         a, b = module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight
-        a.data = (root[:, None] * vh[:r]).to(a.dtype)
-        b.data = (u[:, :r] * root).to(b.dtype)
+        a.data = (root[:, None] * vh[:r]).to(a.device, a.dtype)
+        b.data = (u[:, :r] * root).to(b.device, b.dtype)
         done += 1
     if not done:
         raise RecipeError(None, [Problem("adapter.init", "loftq found no 4-bit layer among adapter.targets "

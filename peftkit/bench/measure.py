@@ -12,25 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..hardware import peak_memory_mb  # noqa: F401  (the bench's routes read it from here)
+
 # Attention counted as in PaLM (Chowdhery et al. 2022, app. B): 2 matmuls (QK^T, AV) of 2*T*d FLOPs per token and
 # layer forward, twice that backward (gradients w.r.t. activations are needed even with frozen weights), no causal
 # halving. Frozen linear weights cost 2N forward + 2N backward (input gradients only), trainable ones 6N.
 FLOPS_FORMULA = "4*N_frozen + 6*N_trainable + 12*L*T*d_attn  (per token; T = mean example length in tokens)"
-
-
-def peak_memory_mb() -> tuple[float, str]:
-    """(peak, what it is) for this process: the CUDA allocator's peak on a GPU, else the resident-set high-water
-    mark (VmHWM: per address space, so a child process reports only itself)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_memory_allocated"
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024, "rss_peak"  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_peak"
 
 
 def process_age_s() -> float:
@@ -141,17 +128,15 @@ def flops_per_token(shape: ModelShape, trainable_params: int, mean_tokens: float
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from ..hardware import detect
+
+    hw = detect()
     info = {
-        "cpu": cpu,
+        "cpu": hw.cpu_model or platform.processor() or platform.machine(),
+        "cpu_isa": hw.isa(),  # figures differ by CPU family: bf16 is native only with AVX512-BF16/AMX
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu": hw.gpus[0].name if hw.gpus else None,
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

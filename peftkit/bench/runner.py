@@ -21,6 +21,7 @@ from rich.console import Console
 
 from ..errors import PeftkitError
 from ..models.zoo import resolve_base
+from ..hardware import resolve_precision
 from ..recipe import Recipe, load_recipe
 from .measure import (
     FLOPS_FORMULA,
@@ -202,7 +203,8 @@ def run_bench(
         raise PeftkitError(f"bench --vs: only 'trl' is supported (got {vs!r})")
     if repeats < 1 or warmup_steps < 0:
         raise PeftkitError("bench: --repeats must be 1 or more and --warmup-steps 0 or more")
-    recipe = load_recipe(recipe_path, overrides)
+    # both routes get this machine's precision choice for every `auto`, so they load the same base the same way
+    recipe, precision = resolve_precision(load_recipe(recipe_path, overrides))
     check_comparable(recipe, str(recipe_path))
     name = name or recipe.name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -239,6 +241,7 @@ def run_bench(
         "recipe_file": str(recipe_path),
         "overrides": list(overrides),
         "recipe": recipe.model_dump(mode="json"),
+        "precision": precision.to_dict(),
         "machine": machine,
         "method": {"order": order, "repeats": repeats, "warmup_steps_excluded": warmup_steps, "statistic": "median",
                    "definitions": DEFINITIONS},

@@ -84,7 +84,7 @@ def evaluate_models(targets: list[str], *, merged: bool = True, n_samples: int =
 
     def score(model) -> Measurement:
         return measure(model, tokenizer, data.eval, recipe.eval, collate=collate, batch_size=batch,
-                       device=torch.device("cpu") if not torch.cuda.is_available() else next(model.parameters()).device,
+                       device=next(model.parameters()).device,
                        stop_token_ids=data.stop_token_ids, num_labels=num_labels, n_samples=n_samples)
 
     results: list[tuple[str, str, Measurement]] = [("base", "base", score(base.model))]

@@ -20,7 +20,8 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from ..errors import ModelError
-from ..models.load import LoadedBase, attention_backend, load_base
+from ..hardware import concrete_dtype
+from ..models.load import LoadedBase, attention_backend, default_device, load_base
 from ..recipe.schema import ModelSpec
 
 # CLI spelling -> torch dtype of the saved merged weights.
@@ -30,7 +31,7 @@ _SPEC_TO_OUT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 def default_out_dtype(spec: ModelSpec) -> str:
     """The dtype the run's base was loaded in (a 4-bit run's un-quantized layers use it too)."""
-    return _SPEC_TO_OUT[spec.dtype]
+    return _SPEC_TO_OUT[concrete_dtype(spec.dtype)]
 
 
 def load_trained(spec: ModelSpec, adapter_dir: Path) -> tuple[PeftModel, LoadedBase]:
@@ -45,7 +46,8 @@ def load_trained(spec: ModelSpec, adapter_dir: Path) -> tuple[PeftModel, LoadedB
 
 
 def dequantized_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every weight of `model` in fp32, bitsandbytes layers dequantized to the values their forward uses."""
+    """Every weight of `model` in fp32 on the CPU (a 7B base is 28 GB in fp32: host memory, not the GPU's),
+    bitsandbytes layers dequantized to the values their forward uses."""
     state: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
@@ -57,10 +59,10 @@ def dequantized_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             elif pname == "weight" and kind == "Linear8bitLt":
                 state[key] = _dequantize_8bit(key, module)
             else:
-                state[key] = param.detach().to(torch.float32)
+                state[key] = param.detach().to("cpu", torch.float32)
         for bname, buf in module.named_buffers(recurse=False):
             if bname not in module._non_persistent_buffers_set:
-                state[prefix + bname] = buf.detach().clone()
+                state[prefix + bname] = buf.detach().to("cpu", copy=True)
     return state
 
 
@@ -72,7 +74,7 @@ def _dequantize_4bit(key: str, param) -> torch.Tensor:
         # The CPU inference kernel repacked this weight; load_base switches that off, so this is a bug.
         raise ModelError(f"{key}: 4-bit weight was repacked for bitsandbytes' CPU kernel and cannot be dequantized")
     # The same call bitsandbytes' forward makes; its output dtype is the one the base was loaded in.
-    return bnbf.dequantize_4bit(param.data, quant_state).to(torch.float32)
+    return bnbf.dequantize_4bit(param.data, quant_state).to("cpu", torch.float32)
 
 
 def _dequantize_8bit(key: str, module) -> torch.Tensor:
@@ -85,7 +87,7 @@ def _dequantize_8bit(key: str, module) -> torch.Tensor:
         cb, scb = module.state.CB, module.state.SCB
     if cb is None or scb is None:
         raise ModelError(f"{key}: 8-bit weight has no row statistics (SCB); cannot dequantize it")
-    return bnbf.int8_vectorwise_dequant(cb, scb).to(torch.float32)
+    return bnbf.int8_vectorwise_dequant(cb, scb).to("cpu", torch.float32)
 
 
 def merge_unquantized(trained: PeftModel, spec: ModelSpec, base_path: str, adapter_dir: Path) -> torch.nn.Module:
@@ -152,10 +154,11 @@ def save_merged(
 
 
 def load_merged(folder: Path, spec: ModelSpec, dtype: str) -> torch.nn.Module:
-    """A saved merged folder, as a user would load it (same attention backend as the reference)."""
+    """A saved merged folder, as a user would load it (same attention backend as the reference), on the GPU
+    where there is one."""
     return AutoModelForCausalLM.from_pretrained(
         folder, dtype=OUT_DTYPES[dtype], attn_implementation=attention_backend(spec.attn_implementation),
-    ).eval()
+    ).to(default_device()).eval()
 
 
 def _base_generation_config(base_path: str, model: torch.nn.Module) -> GenerationConfig:

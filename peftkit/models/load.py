@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from ..errors import ModelError
+from ..hardware import concrete_dtype
 from ..recipe.schema import ModelSpec, QuantizationSpec
 from .fingerprint import fingerprint_folder
 from .zoo import ResolvedBase, hub_unreachable_message, resolve_base
@@ -42,7 +43,7 @@ def bnb_config(q: QuantizationSpec, *, task: str) -> BitsAndBytesConfig | None:
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,
         bnb_4bit_use_double_quant=q.double_quant,
-        bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
+        bnb_4bit_compute_dtype=DTYPES[concrete_dtype(q.compute_dtype)],
         bnb_4bit_quant_storage=torch.uint8,
         llm_int8_skip_modules=skip or None,
     )
@@ -75,22 +76,29 @@ def base_config(spec: ModelSpec):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def load_base(
     spec: ModelSpec, *, num_labels: int | None = None, label_names: tuple[str, ...] | None = None,
-    packed: bool = True,
+    packed: bool = True, device: torch.device | str | None = None,
 ) -> LoadedBase:
-    """Loads frozen base weights; the adapter is attached later by peftkit.adapters. `packed`: whether training
-    batches will be packed (it picks the attention backend under model.attn_implementation: auto)."""
+    """Loads frozen base weights onto `device` (default: this process's GPU, else the CPU); the adapter is attached
+    later by peftkit.adapters. `packed`: whether training batches will be packed (it picks the attention backend
+    under model.attn_implementation: auto). A dtype left at `auto` gets this machine's choice (peftkit.hardware)."""
+    device = torch.device(device) if device is not None else default_device()
     source = resolve_base(spec.base)
     tokenizer = load_tokenizer(spec, source)
     kwargs = dict(
-        dtype=DTYPES[spec.dtype],
+        dtype=DTYPES[concrete_dtype(spec.dtype)],
         quantization_config=bnb_config(spec.quantization, task=spec.task),
         trust_remote_code=spec.trust_remote_code,
         attn_implementation=attention_backend(spec.attn_implementation, spec.task, packed),
     )
-    if spec.quantization.bits is not None and not torch.cuda.is_available():
-        kwargs["device_map"] = {"": "cpu"}
+    if spec.quantization.bits is not None:
+        # bitsandbytes quantizes while placing: straight onto this process's device (under DDP each rank its own)
+        kwargs["device_map"] = {"": device}
     try:
         if spec.task == "sequence_classification":
             if not num_labels:
@@ -109,6 +117,8 @@ def load_base(
         raise ModelError(_load_failure(spec.base, source, exc)) from None
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if spec.quantization.bits is None:
+        model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     keep_cpu_4bit_differentiable(model)

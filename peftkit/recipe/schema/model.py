@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from ._base import Section
 
-DType = Literal["float32", "bfloat16", "float16"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class QuantizationSpec(Section):
@@ -17,7 +17,10 @@ class QuantizationSpec(Section):
     )
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type (nf4 matches 16-bit LoRA in QLoRA)")
     double_quant: bool = Field(True, description="4-bit: also quantize the quantization constants (~0.4 bit/param saved)")
-    compute_dtype: DType = Field("bfloat16", description="dtype the dequantized 4-bit weights are multiplied in")
+    compute_dtype: DType = Field(
+        "auto", description="dtype the dequantized 4-bit weights are multiplied in; auto: bf16 on a GPU or CPU with native "
+        "bf16, fp16 on an older GPU, fp32 on a CPU without AVX512-BF16/AMX (peftkit doctor shows the choice)"
+    )
     skip_modules: tuple[str, ...] = Field(
         (), description="module names kept un-quantized (e.g. lm_head, score)"
     )
@@ -51,7 +54,10 @@ class ModelSpec(Section):
     task: Literal["causal_lm", "sequence_classification"] = Field(
         "causal_lm", description="causal_lm for generation; sequence_classification puts a head on an encoder"
     )
-    dtype: DType = Field("bfloat16", description="dtype of the un-quantized weights (bf16 is ~4.6x faster than fp32 on AVX512-BF16)")
+    dtype: DType = Field(
+        "auto", description="dtype of the un-quantized weights; auto: as compute_dtype (bf16 only where the hardware "
+        "computes it natively)"
+    )
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec, description="bitsandbytes loading")
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model; recorded in meta.json")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ._base import Section
 
@@ -44,9 +44,16 @@ class TrainSpec(Section):
         256, ge=1, description="with selective_logits: project and score this many trained positions at a time, "
         "recomputed in the backward, so one chunk of vocabulary logits is alive at once; null: all at once"
     )
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no", description="Accelerate autocast; 'no' keeps adapter math fp32 on top of the base dtype"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="Accelerate autocast; 'no' (or false) keeps adapter math fp32 on top of the base dtype; "
+        "auto: bf16 on a bf16 GPU, fp16 with a loss scaler on an older one, no on CPU"
     )
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _plain_no(cls, value):
+        # YAML 1.1 reads a bare `no` (and `off`, `false`) as False; they all mean what the user wrote
+        return "no" if value is False else value
 
     @model_validator(mode="after")
     def _offload_needs_checkpointing(self):
