@@ -22,7 +22,7 @@ from peftkit.data import build_data, make_collator
 from peftkit.eval.scoring import score_labels
 from peftkit.models.load import load_tokenizer
 from peftkit.models.zoo import resolve_base
-from peftkit.train.batches import EpochBatches
+from peftkit.train.batches import Batches
 from peftkit.train.optim import build_scheduler
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,23 +35,17 @@ def full_finetune(recipe, tokenizer, data) -> dict:
     cfg = AutoConfig.from_pretrained(path, num_labels=len(data.label_names))
     model = AutoModelForSequenceClassification.from_pretrained(path, config=cfg, dtype=torch.float32)
     collate = make_collator(tokenizer, packing=False, task=recipe.model.task)
-    sampler = EpochBatches(len(data.train), recipe.train.batch_size, recipe.train.seed)
+    sampler = Batches(len(data.train), recipe.train.batch_size, recipe.train.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=FULL_LR, weight_decay=0.01)
     sched = build_scheduler(opt, recipe.train)
-    t0, step, epoch = time.perf_counter(), 0, 0
+    t0 = time.perf_counter()
     model.train()
-    while step < recipe.train.max_steps:
-        sampler.set_epoch(epoch)
-        for idx in sampler:
-            batch = collate([data.train[i] for i in idx])
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm or 1.0)
-            opt.step(), sched.step(), opt.zero_grad()
-            step += 1
-            if step == recipe.train.max_steps:
-                break
-        epoch += 1
+    for _, idx in zip(range(recipe.train.max_steps), sampler):  # the LoRA run's batch order
+        batch = collate([data.train[i] for i in idx])
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm or 1.0)
+        opt.step(), sched.step(), opt.zero_grad()
     train_s = time.perf_counter() - t0
     model.eval()
     preds, refs = [], []

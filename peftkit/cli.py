@@ -39,6 +39,8 @@ def cmd_train(args) -> int:
             raise PeftkitError("train: give a recipe file, or --resume RUN_DIR")
         recipe = load_recipe(args.recipe, overrides)
         result = train(recipe, run_dir=args.run_dir, force=args.force, console=err)
+    if not result.main:  # another process of a multi-process run; the main one reports
+        return 0
     ev = result.metrics["eval"]
     for label in ("before", "after"):
         if ev.get(label):

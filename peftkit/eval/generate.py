@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from accelerate.utils import send_to_device
 from transformers import GenerationConfig
 
 from peftkit.errors import PeftkitError
@@ -18,6 +19,7 @@ def generate_batched(
     max_new_tokens: int,
     batch_size: int,
     stop_token_ids: Sequence[int],
+    device: torch.device | None = None,
 ) -> list[str]:
     """Greedy completions of `prompts`, one string per prompt, in the order given.
 
@@ -26,7 +28,8 @@ def generate_batched(
     batched with left padding, so every row's last real token sits at the end and the new
     tokens line up; the attention mask hides the padding. Each completion is cut at its first
     stop token and decoded without special tokens. Works on plain and PEFT-wrapped causal LMs;
-    the model's train/eval mode is restored afterwards.
+    the model's train/eval mode is restored afterwards. Inputs go to `device` (default: the model's first
+    parameter's).
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
@@ -48,7 +51,7 @@ def generate_batched(
         # and the model's eos would then end completions the caller did not ask to stop.
         eos_token_id=sorted(stops),
     )
-    device = next(model.parameters()).device
+    device = device if device is not None else next(model.parameters()).device
     # Longest first: similar lengths share a batch (less padding), and an out-of-memory shows at once.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     completions: list[str] = [""] * len(prompts)
@@ -89,7 +92,7 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
     for r, row in enumerate(rows):
         ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         mask[r, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
+    return send_to_device((ids, mask), device)
 
 
 def _cut(tokens: list[int], stops: set[int]) -> list[int]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import send_to_device
 
 from ..recipe.schema import EvalSpec
 from ..train.loss import causal_lm_loss, head_reads_last_hidden_state, supports_selective_logits
@@ -36,7 +37,7 @@ def eval_loss(model, examples: list[dict], collate: Callable, batch_size: int, d
     chunk = EVAL_LOGITS_CHUNK if selective and head_reads_last_hidden_state(model) else None
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size]).items()}
+        batch = send_to_device(collate(examples[i : i + batch_size]), device)
         labels = batch["labels"]
         n = int(labels.numel()) if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
         if n == 0:
@@ -56,7 +57,7 @@ def _classify(model, examples, collate, batch_size, device) -> tuple[list[int], 
     model.eval()
     preds, refs = [], []
     for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size]).items()}
+        batch = send_to_device(collate(examples[i : i + batch_size]), device)
         labels = batch.pop("labels")
         preds += model(**batch).logits.argmax(-1).tolist()
         refs += labels.tolist()
@@ -82,7 +83,7 @@ def measure(
         scored = [e for e in examples if "prompt_ids" in e]
         preds = generate_batched(
             model, tokenizer, [e["prompt_ids"] for e in scored], max_new_tokens=spec.max_new_tokens,
-            batch_size=batch_size, stop_token_ids=stop_token_ids,
+            batch_size=batch_size, stop_token_ids=stop_token_ids, device=device,
         )
         refs = [e["reference"] for e in scored]
         metrics.update(score_generations(gen, preds, refs))

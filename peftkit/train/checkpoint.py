@@ -3,8 +3,12 @@
 checkpoints/step-000050/
   adapter.safetensors   trainable weights
   optimizer.pt          optimizer, scheduler, fp16 gradient-scaler state (loaded with weights_only=True)
-  rng.pt                python, numpy, torch (and CUDA) generator states
+  rng.pt                python, numpy, torch (and this process's CUDA device) generator states
+  rng-rank1.pt ...      the same for each further process of a multi-process run
   state.json            loop counters, loss curve, eval-before, and the size of every file above (written last)
+
+With several processes the main one owns the folder: it creates the temporary folder, every process drops its
+own RNG state into it, and the main process writes the rest and renames it once all have.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ def _rng_state() -> dict:
                   "has_gauss": has_gauss, "gauss": gauss},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's device only: resume may see a different number of GPUs
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -46,37 +50,66 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        torch.cuda.set_rng_state(cuda if isinstance(cuda, torch.Tensor) else cuda[0])  # older files: a list
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
+
+
+class Ranks:
+    """Who this process is among the run's processes, and a barrier; one process by default."""
+
+    def __init__(self, accelerator=None):
+        self.rank = accelerator.process_index if accelerator else 0
+        self.main = self.rank == 0
+        self._acc = accelerator if accelerator and accelerator.num_processes > 1 else None
+
+    def wait(self) -> None:
+        if self._acc is not None:
+            self._acc.wait_for_everyone()
+
+
 def save_checkpoint(
-    root: Path, model, optimizer, scheduler, state: FitState, *, extra: dict, keep: int, scaler=None
+    root: Path, model, optimizer, scheduler, state: FitState, *, extra: dict, keep: int, scaler=None,
+    ranks: Ranks | None = None,
 ) -> Path:
+    """Called by every process of the run at the same step."""
+    ranks = ranks or Ranks()
     final = root / f"step-{state.step:06d}"
     tmp = root / f".step-{state.step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if ranks.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    ranks.wait()
     try:
-        save_file(trainable_state(model), str(tmp / "adapter.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        sizes = {f: (tmp / f).stat().st_size for f in FILES}
-        (tmp / "state.json").write_text(json.dumps({"fit": asdict(state), "extra": extra, "sizes": sizes}))
-        for f in (*FILES, "state.json"):
-            with open(tmp / f, "rb") as fh:
-                os.fsync(fh.fileno())
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        torch.save(_rng_state(), tmp / rng_file(ranks.rank))
+        ranks.wait()
+        if ranks.main:
+            save_file(trainable_state(model), str(tmp / "adapter.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
+            files = sorted(f.name for f in tmp.iterdir())
+            sizes = {f: (tmp / f).stat().st_size for f in files}
+            (tmp / "state.json").write_text(json.dumps({"fit": asdict(state), "extra": extra, "sizes": sizes}))
+            for f in (*files, "state.json"):
+                with open(tmp / f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint is untouched
+        if ranks.main:
+            shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint is untouched
         raise
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if ranks.main:
+        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    ranks.wait()
     return final
 
 
@@ -89,7 +122,8 @@ def list_checkpoints(root: Path) -> list[Path]:
 def _valid(ckpt: Path) -> dict | None:
     try:
         meta = json.loads((ckpt / "state.json").read_text())
-        if all((ckpt / f).stat().st_size == meta["sizes"][f] for f in FILES):
+        sizes = meta["sizes"]
+        if all(f in sizes for f in FILES) and all((ckpt / f).stat().st_size == n for f, n in sizes.items()):
             return meta
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -106,11 +140,16 @@ def latest_valid(root: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def load_checkpoint(ckpt: Path, meta: dict, model, optimizer, scheduler, scaler=None) -> tuple[FitState, dict]:
+def load_checkpoint(
+    ckpt: Path, meta: dict, model, optimizer, scheduler, scaler=None, rank: int = 0
+) -> tuple[FitState, dict]:
+    """Every process loads the same weights and optimizer state, and its own RNG state (rank 0's where the run
+    had fewer processes than this one)."""
+    own = ckpt / rng_file(rank)
     try:
         weights = load_file(str(ckpt / "adapter.safetensors"))
-        opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
-        rng = torch.load(ckpt / "rng.pt", weights_only=True)
+        opt = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
+        rng = torch.load(own if own.is_file() else ckpt / rng_file(0), weights_only=True)
     except Exception as exc:  # a file that passed the size check but does not parse
         raise RunDirError(f"{ckpt}: checkpoint unreadable ({type(exc).__name__}: {exc})") from None
     params = dict(model.named_parameters())

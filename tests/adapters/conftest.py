@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from peftkit.adapters import param_groups
 from peftkit.recipe.schema import AdapterSpec, TrainSpec
-from peftkit.train.batches import EpochBatches, endless
+from peftkit.train.batches import Batches
 from peftkit.train.loop import FitState, fit
 from peftkit.train.optim import build_optimizer, build_scheduler
 
@@ -57,10 +57,10 @@ def run_fit(model, adapter: AdapterSpec, *, steps: int = 6, lr: float = 1e-2, ro
     """`steps` optimizer steps of the real loop, with the optimizer groups the session builds."""
     spec = TrainSpec(max_steps=steps, batch_size=batch_size, lr=lr, log_every=1, schedule="constant")
     rows = rows or make_rows()
-    sampler = EpochBatches(len(rows), spec.batch_size, spec.seed)
+    sampler = Batches(len(rows), spec.batch_size, spec.seed)
     loader = DataLoader(rows, batch_sampler=sampler, collate_fn=collate)
     optimizer = build_optimizer(param_groups(model, adapter, spec.lr, spec.weight_decay), spec)
-    return fit(model, optimizer, build_scheduler(optimizer, spec), endless(loader, sampler), Accelerator(cpu=True),
+    return fit(model, optimizer, build_scheduler(optimizer, spec), iter(loader), Accelerator(cpu=True),
                spec, FitState())
 
 

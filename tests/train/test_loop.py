@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from peftkit.adapters import attach_adapter, param_report
 from peftkit.recipe.schema import AdapterSpec, TrainSpec
-from peftkit.train.batches import EpochBatches, endless
+from peftkit.train.batches import Batches
 from peftkit.train.loop import FitState, fit
 from peftkit.train.optim import build_optimizer, build_scheduler
 
@@ -46,11 +46,11 @@ def collate(rows):
 
 def run(spec: TrainSpec, model, data):
     accelerator = Accelerator(cpu=True)
-    sampler = EpochBatches(len(data), spec.batch_size, spec.seed)
+    sampler = Batches(len(data), spec.batch_size, spec.seed)
     loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate)
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], spec)
     sched = build_scheduler(opt, spec)
-    return fit(model, opt, sched, endless(loader, sampler), accelerator, spec, FitState())
+    return fit(model, opt, sched, iter(loader), accelerator, spec, FitState())
 
 
 def test_loss_falls_and_base_weights_are_bit_identical():
@@ -100,12 +100,30 @@ def test_accumulation_matches_one_big_batch():
 
 
 def test_batch_order_is_a_function_of_seed_and_position():
-    s = EpochBatches(10, 3, seed=7)
-    full = [b for e in range(3) for b in (s.set_epoch(e) or list(s))]
+    s = Batches(10, 3, seed=7)
+    it = iter(s)
+    full = [next(it) for _ in range(12)]  # 3 epochs of 4 batches, the last of each short
+    assert [len(b) for b in full[:4]] == [3, 3, 3, 1]
+    assert sorted(i for b in full[:4] for i in b) == list(range(10))
+    assert full[:4] != full[4:8]  # reshuffled each epoch
+    s.start_at(5)
     loader = DataLoader(list(range(10)), batch_sampler=s, collate_fn=lambda x: x)
-    resumed = endless(loader, s, start=5)
-    tail = [next(resumed)[1] for _ in range(len(full) - 5)]
-    assert tail == [[i for i in b] for b in full[5:]]
+    resumed = iter(loader)
+    assert [next(resumed) for _ in range(7)] == full[5:]
+
+
+def test_processes_share_out_the_global_batch_order():
+    """Rank r of W takes global micro-batches r, r+W, ...: together they see one process's order, from any start."""
+    one = iter(Batches(10, 3, seed=7))
+    full = [next(one) for _ in range(12)]
+    for start in (0, 4, 5):
+        ranks = []
+        for r in range(2):
+            b = Batches(10, 3, seed=7, rank=r, world=2)
+            b.start_at(start)
+            ranks.append(iter(b))
+        merged = [next(ranks[k % 2]) for k in range(12 - start - (12 - start) % 2)]
+        assert merged == full[start : start + len(merged)]
 
 
 def test_non_finite_loss_stops_with_step_number():

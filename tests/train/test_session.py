@@ -18,6 +18,7 @@ from support.tiny_run import tiny_recipe, write_base, write_chat
 from transformers import AutoModelForCausalLM
 
 import peftkit
+from peftkit.hardware import resolve_precision
 from peftkit.errors import RunDirError, TrainingAborted
 from peftkit.recipe import recipe_to_yaml
 from peftkit.train import checkpoint as ckpt_mod
@@ -47,7 +48,10 @@ def test_run_directory_is_self_describing(assets, tmp_path):
     meta = json.loads((run / "meta.json").read_text())
     assert meta["base"]["fingerprint"].startswith("sha256-sampled:")
     assert meta["versions"]["torch"] and meta["params"]["trainable"] > 0
-    assert peftkit.load_recipe(run / "recipe.yaml") == tiny_recipe(base, data, tmp_path / "run")
+    # the recipe as it ran: every `auto` precision replaced by this machine's choice, recorded with its reason
+    resolved, precision = resolve_precision(tiny_recipe(base, data, tmp_path / "run"))
+    assert peftkit.load_recipe(run / "recipe.yaml") == resolved
+    assert meta["precision"] == precision.to_dict() and resolved.model.dtype != "auto"
 
     # the adapter is plain PEFT: it loads on the base and changes its output
     plain = AutoModelForCausalLM.from_pretrained(base)
