@@ -37,12 +37,13 @@ def eval_loss(model, examples: list[dict], collate: Callable, batch_size: int, d
     chunk = EVAL_LOGITS_CHUNK if selective and head_reads_last_hidden_state(model) else None
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        batch = send_to_device(collate(examples[i : i + batch_size]), device)
+        batch = collate(examples[i : i + batch_size])
         labels = batch["labels"]
-        n = int(labels.numel()) if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
+        n = int(labels.numel()) if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())  # on the host
         if n == 0:
             continue
-        if labels.dim() == 2:  # summed over trained tokens, projecting only where a token is scored
+        batch = send_to_device(batch, device)
+        if batch["labels"].dim() == 2:  # summed over trained tokens, projecting only where a token is scored
             total += causal_lm_loss(model, batch, 1, selective=selective, chunk=chunk).float().item()
         else:
             total += model(**batch).loss.float().item() * n

@@ -116,20 +116,21 @@ def fit(
     # a stop asked of any one process (SIGTERM to one rank) stops all of them at the same step
     while state.step < spec.max_steps and not _sum(accelerator, bool(should_stop())):
         t0 = time.perf_counter()
-        micro = [send_to_device(next(batches), accelerator.device) for _ in range(spec.grad_accum)]
+        micro = [next(batches) for _ in range(spec.grad_accum)]  # counted here, on the host: no device sync
         causal = micro[0]["labels"].dim() == 2
         # Token-weighted loss over the whole accumulation window and all processes, not a mean of means.
-        n_local = sum(_trained(b) for b in micro)
+        n_local, tokens_local = sum(_trained(b) for b in micro), sum(_tokens(b) for b in micro)
         n_total = int(_sum(accelerator, n_local))
         n_items = max(n_total, 1)
         loss_local = 0.0
         for i, batch in enumerate(micro):
+            n_batch, batch = _trained(batch), send_to_device(batch, accelerator.device)
             # gradients are all-reduced once per optimizer step, on the last micro-batch
             with accelerator.no_sync(model) if i < len(micro) - 1 else nullcontext():
                 if causal:
                     loss = causal_lm_loss(model, batch, n_items, selective=selective, chunk=chunk)
                 else:
-                    loss = model(**batch).loss * _trained(batch) / n_items
+                    loss = model(**batch).loss * n_batch / n_items
                 accelerator.backward(loss * world)  # DDP averages gradients over processes; we want their sum
                 loss_local += loss.detach().float().item()
         loss_sum = _sum(accelerator, loss_local)
@@ -144,7 +145,7 @@ def fit(
         scheduler.step()
 
         state.step += 1
-        step_tokens = int(_sum(accelerator, sum(_tokens(b) for b in micro)))
+        step_tokens = int(_sum(accelerator, tokens_local))
         state.tokens += step_tokens
         state.trained_tokens += n_total
         state.train_s += time.perf_counter() - t0

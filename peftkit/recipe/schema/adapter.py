@@ -149,7 +149,10 @@ def compatibility_problems(
         refuse("adapter.method", method, (
             "dora cannot wrap 8-bit (Linear8bitLt) layers: set model.quantization.bits to 4 or null, or use method lora"
         ))
-    if bits is not None and model.dtype != "float32" and (method == "ia3" or (method == "adalora" and bits == 8)):
+    # `auto` is checked again once resolved for the machine (peftkit.hardware.resolve_precision)
+    if bits is not None and model.dtype not in ("float32", "auto") and (
+        method == "ia3" or (method == "adalora" and bits == 8)
+    ):
         refuse("adapter.method", method, (
             f"{method} on a {bits}-bit base hands float32 activations to the {model.dtype} layers after it: "
             "set model.dtype to float32, or use method lora"
