@@ -80,6 +80,13 @@ def default_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def _placement(device: torch.device) -> int | str:
+    """A GPU by its index (Accelerate's prepare() compares that index with the process's device), else its name."""
+    if device.type != "cuda":
+        return str(device)
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def load_base(
     spec: ModelSpec, *, num_labels: int | None = None, label_names: tuple[str, ...] | None = None,
     packed: bool = True, device: torch.device | str | None = None,
@@ -98,7 +105,7 @@ def load_base(
     )
     if spec.quantization.bits is not None:
         # bitsandbytes quantizes while placing: straight onto this process's device (under DDP each rank its own)
-        kwargs["device_map"] = {"": device}
+        kwargs["device_map"] = {"": _placement(device)}
     try:
         if spec.task == "sequence_classification":
             if not num_labels:

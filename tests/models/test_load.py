@@ -94,10 +94,23 @@ def test_4bit_base_is_bit_identical_after_training(tiny_dir):
     batch["labels"] = batch["input_ids"].clone()
     spec_ = TrainSpec(max_steps=3, lr=1e-2)
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], spec_)
-    state = fit(model, opt, build_scheduler(opt, spec_), iter(lambda: (0, batch), None), Accelerator(cpu=True),
+    state = fit(model, opt, build_scheduler(opt, spec_), iter(lambda: batch, None), Accelerator(cpu=True),
                 spec_, FitState())
     assert state.step == 3
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
     for n, p in model.named_parameters():
         if not p.requires_grad:
             assert torch.equal(p, frozen[n]), n
+
+
+def test_a_quantized_base_is_placed_on_the_processs_own_device():
+    from peftkit.models.load import _placement
+
+    # under DDP each rank passes its own device; a GPU goes by index, which Accelerate's prepare() checks
+    assert _placement(torch.device("cuda", 1)) == 1 and _placement(torch.device("cuda", 0)) == 0
+    assert _placement(torch.device("cpu")) == "cpu"
+
+
+def test_unquantized_base_lands_on_the_requested_device(tiny_dir):
+    base = load_base(spec(tiny_dir), device="meta")  # stands in for a GPU: nothing may stay behind on the CPU
+    assert {p.device.type for p in base.model.parameters()} == {"meta"}
