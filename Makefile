@@ -26,9 +26,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# DEMO_OVERRIDES: recipe overrides, e.g. benchmarks/demo.sh forcing fp32 to time what `auto` picks on other CPUs
 demo: install
 	$(BIN)/peftkit models pull smollm2-135m-instruct
-	$(BIN)/peftkit train recipes/quickstart.yaml --force
+	$(BIN)/peftkit train recipes/quickstart.yaml $(DEMO_OVERRIDES) --force
 
 test: install-dev
 	$(BIN)/python -m pytest -q

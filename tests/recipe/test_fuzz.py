@@ -29,7 +29,7 @@ MINIMAL = {"name": "t", "model": {"base": "smollm2-135m-instruct"},
 FULL = {
     "name": "full", "description": "every section",
     "model": {"base": "smollm2-135m-instruct", "dtype": "float32",
-              "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}},
+              "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}},
     "adapter": {"rank": 8, "alpha": 16.0, "dropout": 0.1, "targets": ["q_proj", "v_proj"]},
     "data": {"format": "alpaca", "path": "train.jsonl", "eval_path": "eval.jsonl", "max_length": 128,
              "columns": {"output": "answer"}, "on_bad_row": "skip",
