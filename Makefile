@@ -47,7 +47,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=O
 test-llama-cpp: install-dev
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir -e ".[llama]"
-	$(BIN)/python -m pytest -q tests/export/test_gguf_llama_cpp.py
+	$(BIN)/python -m pytest -q tests/artifacts/test_gguf_llama_cpp.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

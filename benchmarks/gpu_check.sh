@@ -39,7 +39,7 @@ python3 - "$RESULTS" "$STEPS" "$REPEATS" <<'PY'
 import sys
 from pathlib import Path
 
-from peftkit.bench import run_bench
+from peftkit.benchmark import run_bench
 
 results, steps, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
 overrides = ["model.base=/tmp/smollm2-random", f"data.path={Path('.gpu/code_alpaca_2k.json').resolve()}",

@@ -24,7 +24,7 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --imp
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .gpu/wheels "${specs[@]}"
 
-base=$($PY -c "from peftkit.models.zoo import pull; print(pull('smollm2-135m-instruct'))")
+base=$($PY -c "from peftkit.modeling.zoo import pull; print(pull('smollm2-135m-instruct'))")
 find "$base" -maxdepth 1 -type f ! -name '*.safetensors' -exec cp {} .gpu/smollm2/ \;
 cp ../shared/data/code_alpaca_2k/code_alpaca_2k.json .gpu/
 du -sh .gpu  # must stay under 64 MiB with the rest of the working tree

@@ -30,11 +30,10 @@ from _rows import ROOT, write_results
 from rich.console import Console
 
 import peftkit
-from peftkit.data import build_data
-from peftkit.eval.generate import generate_batched
-from peftkit.eval.scoring import score_generations
-from peftkit.export.commands import export, merge
-from peftkit.models.load import load_tokenizer
+from peftkit.data.prepare import prepare_data
+from peftkit.evaluation.generate import generate_batched
+from peftkit.evaluation.scoring import score_generations
+from peftkit.artifacts.commands import export, merge
 
 
 def _answers_torch(model, tokenizer, rows, stops, spec) -> list[str]:
@@ -102,8 +101,7 @@ def main(argv: list[str]) -> None:
         peftkit.train(recipe, console=console)
     recipe = peftkit.load_recipe(run / "recipe.yaml")
     metrics = json.loads((run / "metrics.json").read_text())
-    tokenizer = load_tokenizer(recipe.model)
-    data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.train.seed, task=recipe.model.task)
+    tokenizer, data = prepare_data(recipe)
     rows = [r for r in (data.eval[: recipe.eval.max_examples] if recipe.eval.max_examples else data.eval)
             if "prompt_ids" in r]
     refs = [r["reference"] for r in rows]

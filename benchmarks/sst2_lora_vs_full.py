@@ -18,12 +18,12 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import peftkit
-from peftkit.data import build_data, make_collator
-from peftkit.eval.scoring import score_labels
-from peftkit.models.load import load_tokenizer
-from peftkit.models.zoo import resolve_base
-from peftkit.train.batches import Batches
-from peftkit.train.optim import build_scheduler
+from peftkit.data import make_collator
+from peftkit.data.prepare import prepare_data
+from peftkit.evaluation.scoring import score_labels
+from peftkit.modeling.zoo import resolve_base
+from peftkit.training.batches import Batches
+from peftkit.training.optim import build_scheduler
 
 RESULTS = Path(__file__).parent / "results"
 FULL_LR = 5e-5
@@ -63,8 +63,7 @@ def main(overrides: list[str]) -> None:
     recipe = peftkit.load_recipe(Path(__file__).parents[1] / "recipes" / "minilm-lora-sst2.yaml",
                                  [*overrides, "output.overwrite=true", "output.dir=runs/bench-sst2-lora"])
     lora = peftkit.train(recipe)
-    tokenizer = load_tokenizer(recipe.model)
-    data = build_data(recipe.data, tokenizer, base_dir=Path.cwd(), seed=recipe.train.seed, task=recipe.model.task)
+    tokenizer, data = prepare_data(recipe)
     full = full_finetune(recipe, tokenizer, data)
     after = lora.metrics["eval"]["after"]
     result = {

@@ -50,17 +50,12 @@ def cmd_train(args) -> int:
 
 
 def _bundle(args):
-    from pathlib import Path
-
     from . import load_recipe
-    from .data import build_data
-    from .models.load import load_tokenizer
+    from .data.prepare import prepare_data
 
     recipe = load_recipe(args.recipe, args.overrides)
-    tok = load_tokenizer(recipe.model)
-    bundle = build_data(recipe.data, tok, base_dir=Path(args.recipe).resolve().parent, seed=recipe.train.seed,
-                        task=recipe.model.task, source_file=args.recipe)
-    return recipe, tok, bundle
+    prepared = prepare_data(recipe, source_file=args.recipe)
+    return recipe, prepared.tokenizer, prepared.data
 
 
 def cmd_data_preview(args) -> int:
@@ -85,15 +80,12 @@ def cmd_data_stats(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from pathlib import Path
-
     from rich.table import Table
 
-    from .eval.compare import evaluate_models, table_json, write_table
+    from . import evaluate
+    from .evaluation.compare import table_json
 
-    table = evaluate_models([args.target, *args.compare], merged=not args.no_merged)
-    if Path(args.target).is_dir():
-        write_table(table, Path(args.target))
+    table = evaluate([args.target, *args.compare], merged=not args.no_merged)
     if args.json:
         print(table_json(table))
         return 0
@@ -112,9 +104,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from . import bench
 
-    result = run_bench(args.recipe, args.overrides, vs=args.vs, repeats=args.repeats, warmup_steps=args.warmup_steps,
+    result = bench(args.recipe, args.overrides, vs=args.vs, repeats=args.repeats, warmup_steps=args.warmup_steps,
                        name=args.name, out_dir=args.out, console=err, keep_work=args.keep_work)
     if args.json:
         print(json.dumps(result.results, indent=1))
@@ -125,7 +117,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .export.commands import merge
+    from . import merge
 
     result = merge(args.run_dir, out=args.out, dtype=args.dtype, force=args.force, check=not args.no_check, console=err)
     out.print(str(result.out_dir), highlight=False)
@@ -133,7 +125,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export.commands import export
+    from . import export
 
     result = export(args.run_dir, format=args.format, out=args.out, gguf_type=args.gguf_type, dtype=args.dtype,
                     force=args.force, check=not args.no_check, modelfile=not args.no_modelfile, console=err)
@@ -165,7 +157,7 @@ def cmd_recipes_keys(args) -> int:
 
 
 def cmd_models_list(args) -> int:
-    from .models.zoo import list_models
+    from .modeling.zoo import list_models
 
     rows = list_models()
     if args.json:
@@ -178,7 +170,7 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_pull(args) -> int:
-    from .models.zoo import pull
+    from .modeling.zoo import pull
 
     out.print(str(pull(args.name, force=args.force)), highlight=False)
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.table import Table
 
 from .hardware import Hardware, choose_precision, detect
-from .models.zoo import cache_root
+from .modeling.zoo import cache_root
 from .rundir import versions
 
 # ISA rows of the table; the JSON carries Hardware.isa() whole.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peftkit.models.zoo import pull
+from peftkit.modeling.zoo import pull
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError, Problem, RecipeError
+from ..modeling.tokens import trained_tokens
 from ..recipe.schema.data import DataSpec
-from .bundle import IGNORE, DataBundle, DataReport, RowProblem, SplitReport
+from .bundle import DataBundle, DataReport, RowProblem, SplitReport
 from .formats import RenderPlan, col, render_row, text_field
 from .sources import Loaded, Record, load_source
 from .templates import TemplateProblem, has_chat_template, resolve_chat_format, stop_token_ids
@@ -36,7 +37,7 @@ class _Tally:
         self.examples += 1
         self.tokens += len(row["input_ids"])
         labels = row["labels"]
-        self.trained += 1 if isinstance(labels, int) else sum(1 for x in labels if x != IGNORE)
+        self.trained += trained_tokens(labels)
         self.truncated += int(truncated)
 
     def freeze(self) -> SplitReport:
@@ -51,14 +52,15 @@ class _Rows:
     skipped: int = 0
 
 
-def build_data(spec: DataSpec, tokenizer, *, base_dir: Path, seed: int, task: str = "causal_lm",
-               source_file: str | None = None) -> DataBundle:
-    """`base_dir`: folder relative data paths resolve against (the recipe's). `seed` is used unless data.seed
-    is set. Bad rows raise DataError(file, why, row) unless data.on_bad_row is skip."""
+def build_data(spec: DataSpec, tokenizer, *, seed: int, task: str = "causal_lm", source_file: str | None = None,
+               base_dir: Path | None = None) -> DataBundle:
+    """Callers outside this package use prepare_data. `base_dir`: folder still-relative data paths resolve against
+    (default: the working directory; a recipe loaded from a file has them absolute already). `seed` is used unless
+    data.seed is set. Bad rows raise DataError(file, why, row) unless data.on_bad_row is skip."""
     _check_task(spec, task, source_file)
     seed = spec.seed if spec.seed is not None else seed
     reasons: list[str] = []
-    train, evals, sources = _split_rows(spec, Path(base_dir), seed, reasons)
+    train, evals, sources = _split_rows(spec, Path(base_dir or Path.cwd()), seed, reasons)
     if spec.format == "classification":
         bundle = _classification(spec, tokenizer, train, evals, sources, reasons)
     elif spec.format == "completion":

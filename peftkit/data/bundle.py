@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-IGNORE = -100  # label of a token that carries no loss (torch cross_entropy's ignore_index)
+from ..modeling.tokens import IGNORE_INDEX as IGNORE  # noqa: F401  (the data layer's short name for it)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from ..modeling.tokens import trained_tokens
 from .bundle import IGNORE, DataBundle
 from .stats import DataStats, compute_stats
 
@@ -27,7 +28,7 @@ def render_preview(examples: DataBundle | list[dict], tokenizer, n: int = 3, *, 
     out.append(f"{min(n, len(examples))} of {len(examples)} {split} examples; {legend}\n", style=None if plain else "italic")
     for i, row in enumerate(examples[:n], 1):
         labels = row["labels"]
-        trained = 1 if isinstance(labels, int) else sum(1 for x in labels if x != IGNORE)
+        trained = trained_tokens(labels)
         out.append(f"\n── example {i}: {len(row['input_ids'])} tokens, {trained} trained ──\n",
                    style=None if plain else HEADER)
         if isinstance(labels, int):

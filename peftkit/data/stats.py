@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from .bundle import IGNORE, DataBundle
+from ..modeling.tokens import trained_tokens
+from .bundle import DataBundle
 
 PERCENTILES = (50, 90, 95, 99, 100)
 
@@ -62,7 +63,7 @@ def _label_counts(rows: list[dict], names: tuple[str, ...] | None) -> dict[str, 
 
 def _trained(row: dict) -> int:
     labels = row["labels"]
-    return 1 if isinstance(labels, int) else sum(1 for x in labels if x != IGNORE)
+    return trained_tokens(labels)
 
 
 def percentiles(lengths: list[int]) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Tiny models and a short run of the real training loop (peftkit.train.loop.fit) for the adapter tests."""
+"""Tiny models and a short run of the real training loop (peftkit.training.loop.fit) for the adapter tests."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from peftkit.adapters import param_groups
 from peftkit.recipe.schema import AdapterSpec, TrainSpec
-from peftkit.train.batches import Batches
-from peftkit.train.loop import FitState, fit
-from peftkit.train.optim import build_optimizer, build_scheduler
+from peftkit.training.batches import Batches
+from peftkit.training.loop import FitState, fit
+from peftkit.training.optim import build_optimizer, build_scheduler
 
 VOCAB = 64
 

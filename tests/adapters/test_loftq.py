@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from peftkit.adapters import attach_adapter
 from peftkit.errors import ModelError
-from peftkit.models.load import load_base
+from peftkit.modeling.load import load_base
 from peftkit.recipe.schema import AdapterSpec, ModelSpec
 
 QUANT = {"bits": 4, "compute_dtype": "float32"}

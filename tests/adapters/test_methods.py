@@ -11,7 +11,7 @@ from peft import PeftModel
 from peftkit.adapters import attach_adapter, param_report
 from peftkit.recipe.schema import AdapterSpec
 from peftkit.recipe.schema.adapter import READ_BY
-from peftkit.train.loss import causal_lm_loss, supports_selective_logits
+from peftkit.modeling.loss import causal_lm_loss, supports_selective_logits
 
 # id -> (adapter options, the name fragment every trainable parameter of that method carries)
 CASES = {

@@ -12,7 +12,7 @@ from support.tiny_run import write_base
 
 from peftkit.adapters import attach_adapter
 from peftkit.errors import RecipeError
-from peftkit.models.load import load_base
+from peftkit.modeling.load import load_base
 from peftkit.recipe.schema import AdapterSpec, ModelSpec
 from peftkit.recipe.schema.adapter import READ_BY
 

@@ -16,7 +16,7 @@ import torch
 from peft import PeftModel
 
 from peftkit.adapters import attach_adapter
-from peftkit.models.load import load_base
+from peftkit.modeling.load import load_base
 from peftkit.recipe.schema import AdapterSpec, ModelSpec
 
 HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh_rlhf_helpful_base" / "test.jsonl.gz"

@@ -22,7 +22,7 @@ from peftkit.data.formats import DEFAULT_ROLES
 from peftkit.errors import DataError
 from peftkit.recipe import recipe_from_dict
 from peftkit.recipe.schema import DataSpec
-from peftkit.train.preflight import preflight
+from peftkit.training.preflight import preflight
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])

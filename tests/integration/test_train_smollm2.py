@@ -5,7 +5,7 @@ import torch
 from peft import PeftModel
 
 import peftkit
-from peftkit.models.load import load_base
+from peftkit.modeling.load import load_base
 from peftkit.recipe import load_recipe
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ class TrainSpec(Section):
     log_every: int = Field(10, ge=1, description="steps between logged loss points")
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="recompute activations: less memory, slower steps; auto: on when a batch_size x "
-        "max_length batch's activations would take over a quarter of the device's memory (peftkit.train.memory)"
+        "max_length batch's activations would take over a quarter of the device's memory (peftkit.training.recompute)"
     )
     checkpoint_offload: bool = Field(
         False, description="CUDA: keep the activations checkpointing saves in pinned host memory (frees GPU memory, "

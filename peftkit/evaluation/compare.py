@@ -1,0 +1,131 @@
+"""`peftkit eval`: the base model, each run's adapter, and the merged model when present, scored on the same
+held-out examples of the first run's recipe, in one table (terminal, JSON, markdown) with sample generations."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+from ..data import make_collator
+from ..data.prepare import prepare_data
+from ..errors import PeftkitError
+from ..modeling.fingerprint import check_same_base
+from ..modeling.load import load_base
+from ..recipe import Recipe, load_recipe
+from ..rundir import RunInfo, read_run, write_atomic, write_json
+from .measure import Measurement, measure
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    name: str          # "base", a run directory, or "<run>/merged"
+    kind: str          # base | adapter | merged
+    metrics: dict[str, float]
+    seconds: float
+    predictions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EvalTable:
+    recipe: str
+    examples: int
+    rows: tuple[ModelScore, ...]
+    samples: tuple[dict, ...]  # prompt, reference, and each model's prediction
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def metric_names(self) -> list[str]:
+        return list(dict.fromkeys(k for r in self.rows for k in r.metrics))
+
+    def to_markdown(self) -> str:
+        names = self.metric_names()
+        lines = [f"# eval: {self.recipe} ({self.examples} held-out examples)", "",
+                 "| model | kind | " + " | ".join(names) + " | seconds |",
+                 "| --- | --- | " + " | ".join("---:" for _ in names) + " | ---: |"]
+        for r in self.rows:
+            vals = " | ".join(f"{r.metrics[n]:.4f}" if n in r.metrics else "" for n in names)
+            lines.append(f"| {r.name} | {r.kind} | {vals} | {r.seconds:.1f} |")
+        for i, s in enumerate(self.samples, 1):
+            lines += ["", f"## sample {i}", "", "reference: `" + s["reference"].replace("`", "'") + "`", ""]
+            lines += [f"- {name}: `" + pred.replace("`", "'") + "`" for name, pred in s["predictions"].items()]
+        return "\n".join(lines) + "\n"
+
+
+def _runs(targets: list[str]) -> tuple[Recipe, list[RunInfo]]:
+    first = Path(targets[0])
+    runs = [read_run(t) for t in targets if Path(t).is_dir()]
+    if first.is_dir():
+        return runs[0].recipe, runs
+    if first.is_file():
+        return load_recipe(first), runs
+    raise PeftkitError(f"{first}: neither a run directory nor a recipe file")
+
+
+def evaluate_models(targets: list[str], *, merged: bool = True, n_samples: int = 3) -> EvalTable:
+    """targets[0] is a run directory or a recipe (whose data and base define the comparison); the rest are runs."""
+    recipe, runs = _runs(targets)
+    tokenizer, data = prepare_data(recipe)
+    num_labels = len(data.label_names or ()) or None
+    base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, tokenizer=tokenizer)
+    collate = make_collator(tokenizer, packing=False, task=recipe.model.task)
+    batch = recipe.eval.batch_size or recipe.train.batch_size  # eval fits wherever training did
+
+    def score(model) -> Measurement:
+        return measure(model, tokenizer, data.eval, recipe.eval, collate=collate, batch_size=batch,
+                       device=next(model.parameters()).device,
+                       stop_token_ids=data.stop_token_ids, num_labels=num_labels, n_samples=n_samples)
+
+    results: list[tuple[str, str, Measurement]] = [("base", "base", score(base.model))]
+    model = base.model
+    for i, run in enumerate(runs):
+        check_same_base(run.meta.get("base", {}).get("fingerprint"), base.fingerprint,
+                        what=base.source.path_or_id, where=str(run.path))
+        from peft import PeftModel
+
+        name = f"a{i}"
+        if i == 0:
+            model = PeftModel.from_pretrained(base.model, run.adapter_dir, adapter_name=name)
+        else:
+            model.load_adapter(run.adapter_dir, adapter_name=name)
+        model.set_adapter(name)
+        results.append((str(run.path), "adapter", score(model)))
+    for run in runs if merged else []:
+        folder = run.path / "merged"
+        if (folder / "config.json").is_file():
+            from ..recipe.schema import ModelSpec
+
+            spec = ModelSpec(base=str(folder), task=recipe.model.task, dtype=recipe.model.dtype,
+                             attn_implementation=recipe.model.attn_implementation)
+            results.append((str(folder), "merged", score(load_base(spec).model)))
+
+    rows = tuple(ModelScore(name, kind, m.metrics, round(m.seconds, 3), tuple(s["prediction"] for s in m.samples))
+                 for name, kind, m in results)
+    first = results[0][2]
+    samples = tuple(
+        {"prompt": s["prompt"], "reference": s["reference"],
+         "predictions": {r.name: r.predictions[i] for r in rows if i < len(r.predictions)}}
+        for i, s in enumerate(first.samples[:n_samples])
+    )
+    return EvalTable(recipe=recipe.name, examples=first.examples, rows=rows, samples=samples)
+
+
+def evaluate(targets: list[str], *, merged: bool = True, n_samples: int = 3) -> EvalTable:
+    """evaluate_models, and the table kept as eval.json / eval.md in the first target when it is a run directory
+    (the same for `peftkit eval` and the Python API)."""
+    table = evaluate_models(targets, merged=merged, n_samples=n_samples)
+    if Path(targets[0]).is_dir():
+        write_table(table, Path(targets[0]))
+    return table
+
+
+def write_table(table: EvalTable, folder: Path) -> tuple[Path, Path]:
+    write_json(folder / "eval.json", table.to_dict())
+    write_atomic(folder / "eval.md", table.to_markdown())
+    return folder / "eval.json", folder / "eval.md"
+
+
+def table_json(table: EvalTable) -> str:
+    return json.dumps(table.to_dict(), indent=2)

@@ -1,0 +1,239 @@
+"""train(recipe): set up, measure before, fit (checkpointing), measure after, write the run directory."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from ..adapters import ParamReport, attach_adapter, param_groups, param_report
+from ..data import make_collator
+from ..data.prepare import prepare_data
+from ..errors import PeftkitError, RunDirError, TrainingAborted
+from ..evaluation.measure import measure
+from ..hardware import detect, peak_memory_mb, reset_peak_memory, resolve_precision
+from ..modeling.fingerprint import check_same_base
+from ..modeling.load import base_config, load_base
+from ..recipe import Recipe, recipe_to_yaml
+from ..rundir import default_run_dir, prepare_run_dir, versions, write_atomic, write_json
+from .batches import Batches
+from .checkpoint import Ranks, latest_valid, load_checkpoint, save_checkpoint
+from .interrupt import GracefulStop
+from .loop import FitState, fit
+from .recompute import choose_checkpointing
+from .optim import build_optimizer, build_scheduler
+from .preflight import preflight
+from .progress import TrainProgress
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    params: ParamReport
+    resumed_from: int | None = None  # step of the checkpoint this run continued from
+    main: bool = True  # False in the other processes of a multi-process run (they print nothing)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _open_run_dir(
+    recipe: Recipe, run_dir, force: bool, resume: bool, ranks: Ranks
+) -> tuple[Path, tuple[Path, dict] | None]:
+    """Every process finds the same checkpoint (before anything changes); only the main one prepares the folder."""
+    out = Path(run_dir) if run_dir else default_run_dir(recipe)
+    resume = resume or recipe.train.resume == "auto"
+    found = latest_valid(out / "checkpoints") if resume and out.is_dir() else None
+    ranks.wait()
+    if found is None:
+        if resume and recipe.train.resume != "auto":
+            raise RunDirError(f"{out}: no valid checkpoint to resume from (train.checkpoint_every sets how often they are written)")
+        if ranks.main:
+            prepare_run_dir(out, overwrite=force or recipe.output.overwrite)
+    ranks.wait()
+    return out, found
+
+
+def _refuse_sharded(accelerator: Accelerator) -> None:
+    # Sharded engines change how the adapter, optimizer and checkpoints are stored; none of that is tested here.
+    kind = accelerator.distributed_type.value
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise PeftkitError(f"accelerate config: distributed_type {kind} is not supported; peftkit trains on several "
+                           "GPUs with DDP (accelerate launch --multi_gpu, or torchrun), each holding the whole "
+                           "(quantized) base")
+
+
+def train(
+    recipe: Recipe, *, run_dir: str | Path | None = None, force: bool = False, resume: bool = False,
+    console: Console | None = None,
+) -> RunResult:
+    t_start = time.perf_counter()
+    hardware = detect()
+    recipe, precision = resolve_precision(recipe, hardware)
+    # One process per device under `accelerate launch` / torchrun (DDP); the main one alone writes the run directory.
+    accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not hardware.cuda)
+    _refuse_sharded(accelerator)
+    ranks = Ranks(accelerator)
+    console = console or Console(stderr=True)
+    if not ranks.main:
+        console = Console(stderr=True, quiet=True)
+    # before any weights load, and before --force deletes anything; the main process checks for all
+    if ranks.main:
+        preflight(recipe, Path(run_dir) if run_dir else default_run_dir(recipe),
+                  resume=resume or recipe.train.resume == "auto", force=force)
+    out, found = _open_run_dir(recipe, run_dir, force, resume, ranks)
+    seed_everything(recipe.train.seed)
+
+    tokenizer, data = prepare_data(recipe)
+    num_labels = len(data.label_names or ()) or None
+    gc = choose_checkpointing(recipe.train.gradient_checkpointing, batch_size=recipe.train.batch_size,
+                              max_length=recipe.data.max_length, config=base_config(recipe.model))
+    packed = recipe.packs(gc.enabled)
+    base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, packed=packed,
+                     device=accelerator.device, tokenizer=tokenizer)
+    if found:
+        meta_file = out / "meta.json"
+        recorded = json.loads(meta_file.read_text()).get("base", {}).get("fingerprint") if meta_file.is_file() else None
+        check_same_base(recorded, base.fingerprint, what=f"model.base {recipe.model.base}", where=str(found[0]))
+    model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task, total_steps=recipe.train.max_steps)
+    if gc.enabled:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                              offload=recipe.train.checkpoint_offload and torch.cuda.is_available())
+        model.enable_input_require_grads()
+    params = param_report(model)
+    console.print(f"[bold]{recipe.name}[/]: {base.source.path_or_id} + {recipe.adapter.method}, {params}", highlight=False)
+    console.print(f"gradient checkpointing {'on' if gc.enabled else 'off'} ({gc.why}); packing "
+                  f"{'on' if packed else 'off'}", highlight=False)
+    console.print(precision.summary(recipe.model.quantization.bits == 4), highlight=False)
+    if accelerator.num_processes > 1:
+        console.print(f"{accelerator.num_processes} processes ({accelerator.distributed_type.value}), each on its own "
+                      "share of the batches", highlight=False)
+    load_peak = peak_memory_mb()
+    reset_peak_memory()
+
+    collate = make_collator(tokenizer, packing=packed, task=recipe.model.task)
+    sampler = Batches(len(data.train), recipe.train.batch_size, recipe.train.seed,
+                      rank=accelerator.process_index, world=accelerator.num_processes)
+    optimizer = build_optimizer(param_groups(model, recipe.adapter, recipe.train.lr, recipe.train.weight_decay), recipe.train)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = build_scheduler(optimizer, recipe.train)
+    unwrapped = accelerator.unwrap_model(model)
+
+    meta = {
+        "peftkit_command": " ".join(sys.argv),
+        "versions": versions(),
+        "base": {"model": recipe.model.base, "resolved": base.source.path_or_id, "kind": base.source.kind,
+                 "fingerprint": base.fingerprint},
+        "quantization": recipe.model.quantization.model_dump(mode="json"),
+        "trust_remote_code": recipe.model.trust_remote_code,
+        "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "distributed": accelerator.distributed_type.value,
+        "hardware": hardware.to_dict(),
+        "precision": precision.to_dict(),
+        "data": data.report.to_dict(),
+        "params": {"trainable": params.trainable, "total": params.total},
+        "gradient_checkpointing": {"enabled": gc.enabled, "why": gc.why},
+        "packing": packed,
+    }
+    if ranks.main:  # the resolved recipe: every default filled in, every `auto` as chosen here
+        write_atomic(out / "recipe.yaml", recipe_to_yaml(recipe))
+        write_json(out / "meta.json", meta)
+
+    eval_bs = recipe.eval.batch_size or recipe.train.batch_size
+    eval_collate = make_collator(tokenizer, packing=packed, task=recipe.model.task)  # loss only; generation pads
+
+    def score(label: str):
+        m = measure(unwrapped, tokenizer, data.eval, recipe.eval, collate=eval_collate, batch_size=eval_bs,
+                    device=accelerator.device, stop_token_ids=data.stop_token_ids, num_labels=num_labels)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
+        console.print(f"eval {label}: {shown}  ({m.examples} examples, {m.seconds:.1f}s)", highlight=False)
+        return m
+
+    state, extra, resumed_from = FitState(), {}, None
+    if found:
+        state, extra = load_checkpoint(found[0], found[1], unwrapped, optimizer, scheduler, accelerator.scaler,
+                                       rank=accelerator.process_index)
+        resumed_from = state.step
+        console.print(f"resuming from {found[0]} (step {state.step})", highlight=False)
+    elif recipe.eval.before:
+        m = score("before")
+        extra = {"before": m.metrics, "before_s": m.seconds}
+
+    def checkpoint(s: FitState) -> None:
+        try:
+            save_checkpoint(out / "checkpoints", unwrapped, optimizer, scheduler, s, extra=extra,
+                            keep=recipe.train.keep_checkpoints, scaler=accelerator.scaler, ranks=ranks)
+        except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is untouched
+            raise TrainingAborted(
+                f"cannot write the step-{s.step} checkpoint in {out / 'checkpoints'} ({exc.strerror or exc}); "
+                "earlier checkpoints are intact"
+            ) from None
+
+    eval_peak = peak_memory_mb()
+    reset_peak_memory()
+    sampler.start_at(state.micro_batches)
+    batches = iter(DataLoader(data.train, batch_sampler=sampler, collate_fn=collate))
+    with GracefulStop() as stop, TrainProgress(recipe.train.max_steps, console, log_every=recipe.train.log_every,
+                                                start=state.step) as bar:
+        fit(model, optimizer, scheduler, batches, accelerator, recipe.train, state, on_step=bar.update,
+            checkpoint=checkpoint, should_stop=stop)
+    train_peak = peak_memory_mb()
+    reset_peak_memory()
+    if state.step < recipe.train.max_steps:  # fit stops early only when some process was asked to
+        checkpoint(state)
+        raise TrainingAborted(
+            f"{stop.requested or 'stop requested by another process'} at step {state.step}: checkpoint written; "
+            f"resume with: peftkit train --resume {out}"
+        )
+    after = score("after")
+
+    after_peak = peak_memory_mb()
+    if ranks.main:
+        unwrapped.save_pretrained(out / "adapter", safe_serialization=True)
+        tokenizer.save_pretrained(out / "adapter")
+    wall = time.perf_counter() - t_start
+    eval_s = extra.get("before_s", 0.0) + after.seconds
+    metrics = {
+        "train": {
+            "steps": state.step,
+            "final_loss": state.curve[-1]["loss"] if state.curve else None,
+            "loss_curve": state.curve,
+            "tokens": state.tokens,
+            "trained_tokens": state.trained_tokens,
+            "tokens_per_s": state.tokens / max(state.train_s, 1e-9),
+            "trained_tokens_per_s": state.trained_tokens / max(state.train_s, 1e-9),
+            "train_s": state.train_s,
+            "wall_s": wall,
+            "eval_share": eval_s / max(wall, 1e-9),
+            "peak_memory_mb": max(load_peak[0], eval_peak[0], train_peak[0], after_peak[0]),
+            "peak_memory": {"kind": train_peak[1], "load_mb": load_peak[0], "eval_before_mb": eval_peak[0],
+                            "train_mb": train_peak[0], "eval_after_mb": after_peak[0]},
+            "skipped_nonfinite": state.skipped,
+            "fp16_overflow_steps": state.overflows,
+        },
+        "eval": {
+            "before": extra.get("before"),
+            "after": after.metrics,
+            "examples": after.examples,
+            "samples_after": list(after.samples),
+        },
+    }
+    if ranks.main:
+        write_json(out / "metrics.json", metrics)
+    ranks.wait()  # no process returns before the run directory is complete
+    console.print(f"run directory: {out}", highlight=False)
+    return RunResult(run_dir=out, metrics=metrics, params=params, resumed_from=resumed_from, main=ranks.main)
