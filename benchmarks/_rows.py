@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from peftkit.rundir import read_run
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -24,8 +26,8 @@ def train_row(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
     row: dict = {"wall_s": round(time.perf_counter() - t0, 1)}
     if proc.returncode != 0:
         return {**row, "error": (proc.stderr.strip().splitlines() or ["(no output)"])[-1]}
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    meta = json.loads((run_dir / "meta.json").read_text())
+    run = read_run(run_dir)  # the run directory's typed files, as plain dicts for the table
+    metrics, meta = run.metrics.model_dump(), run.meta.model_dump()
     t, e = metrics["train"], metrics["eval"]
     return {
         **row, "trainable_params": meta["params"]["trainable"], "total_params": meta["params"]["total"],

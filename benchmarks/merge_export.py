@@ -34,6 +34,7 @@ from peftkit.data.prepare import prepare_data
 from peftkit.evaluation.generate import generate_batched
 from peftkit.evaluation.scoring import score_generations
 from peftkit.artifacts.commands import export, merge
+from peftkit.rundir import read_run
 
 
 def _answers_torch(model, tokenizer, rows, stops, spec) -> list[str]:
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> None:
         recipe = peftkit.load_recipe(ROOT / "recipes" / "quickstart.yaml", [f"output.dir={run}", "output.overwrite=true"])
         peftkit.train(recipe, console=console)
     recipe = peftkit.load_recipe(run / "recipe.yaml")
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = read_run(run).metrics.model_dump()
     tokenizer, data = prepare_data(recipe)
     rows = [r for r in (data.eval[: recipe.eval.max_examples] if recipe.eval.max_examples else data.eval)
             if "prompt_ids" in r]

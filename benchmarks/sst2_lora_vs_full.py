@@ -65,13 +65,13 @@ def main(overrides: list[str]) -> None:
     lora = peftkit.train(recipe)
     tokenizer, data = prepare_data(recipe)
     full = full_finetune(recipe, tokenizer, data)
-    after = lora.metrics["eval"]["after"]
+    after = lora.metrics.eval.after
     result = {
         "command": "python benchmarks/sst2_lora_vs_full.py " + " ".join(overrides),
         "train_examples": len(data.train), "dev_examples": len(data.eval),
         "steps": recipe.train.max_steps, "batch_size": recipe.train.batch_size, "seed": recipe.train.seed,
         "lora": {"accuracy": after["accuracy"], "f1": after["f1"], "trainable_params": lora.params.trainable,
-                 "train_s": round(lora.metrics["train"]["train_s"], 1), "lr": recipe.train.lr},
+                 "train_s": round(lora.metrics.train.train_s, 1), "lr": recipe.train.lr},
         "full_finetune": full,
         "accuracy_gap_points": round(100 * (full["accuracy"] - after["accuracy"]), 2),
     }

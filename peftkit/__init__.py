@@ -23,7 +23,7 @@ from .recipe import Recipe, load_recipe
 if TYPE_CHECKING:
     from .artifacts.commands import ExportResult, MergeResult
     from .benchmark.runner import BenchResult
-    from .evaluation.compare import EvalTable
+    from .rundir import EvalRecord
     from .training.trainer import RunResult
 
 __version__ = "0.1.0"
@@ -36,7 +36,7 @@ def train(recipe: Recipe, **kwargs) -> RunResult:
     return _train(recipe, **kwargs)
 
 
-def evaluate(targets: list[str], **kwargs) -> EvalTable:
+def evaluate(targets: list[str], **kwargs) -> EvalRecord:
     """Score the base, each run's adapter and merged model on the same held-out rows; a run directory given first
     gets the table as eval.json / eval.md. See peftkit.evaluation.compare.evaluate."""
     from .evaluation.compare import evaluate as _evaluate

@@ -41,10 +41,10 @@ def cmd_train(args) -> int:
         result = train(recipe, run_dir=args.run_dir, force=args.force, console=err)
     if not result.main:  # another process of a multi-process run; the main one reports
         return 0
-    ev = result.metrics["eval"]
-    for label in ("before", "after"):
-        if ev.get(label):
-            out.print(f"{label:>6}: " + "  ".join(f"{k}={v:.4f}" for k, v in ev[label].items()), highlight=False)
+    ev = result.metrics.eval
+    for label, scores in (("before", ev.before), ("after", ev.after)):
+        if scores:
+            out.print(f"{label:>6}: " + "  ".join(f"{k}={v:.4f}" for k, v in scores.items()), highlight=False)
     out.print(str(result.run_dir), highlight=False)
     return 0
 

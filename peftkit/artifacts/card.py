@@ -8,7 +8,7 @@ from ..rundir import RunInfo
 
 def adapter_card(run: RunInfo) -> str:
     recipe, meta, metrics = run.recipe, run.meta, run.metrics
-    base = meta.get("base", {})
+    base = meta.base
     q = recipe.model.quantization
     lines = [
         "---",
@@ -21,23 +21,23 @@ def adapter_card(run: RunInfo) -> str:
         recipe.description or "A LoRA adapter trained with peftkit.",
         "",
         "## Base model",
-        f"- model: `{recipe.model.base}` (resolved at training to `{base.get('resolved', '?')}`)",
-        f"- weight fingerprint: `{base.get('fingerprint') or 'not recorded (hub model)'}`",
+        f"- model: `{recipe.model.base}` (resolved at training to `{base.resolved}`)",
+        f"- weight fingerprint: `{base.fingerprint or 'not recorded (hub model)'}`",
         f"- loaded as: {_loading(recipe)}",
         "",
         "## Adapter",
         (f"- {recipe.adapter.method}, rank {recipe.adapter.rank}, alpha {recipe.adapter.alpha:g}, "
          f"dropout {recipe.adapter.dropout:g}, targets `{_targets(recipe.adapter.targets)}`"),
-        _params_line(meta.get("params", {}).get("trainable")),
+        _params_line(meta.params.get("trainable")),
         "",
         "## Data",
-        *_data_lines(recipe, meta.get("data", {})),
+        *_data_lines(recipe, meta.data),
         "",
         "## Training",
-        *_train_lines(recipe, metrics.get("train", {})),
+        *_train_lines(recipe, metrics.train.model_dump() if metrics else {}),
         "",
         "## Evaluation (held-out rows)",
-        *_eval_lines(metrics.get("eval", {})),
+        *_eval_lines(metrics.eval.model_dump() if metrics else {}),
         "",
         "## How to load",
         "```python",

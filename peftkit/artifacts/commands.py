@@ -13,12 +13,8 @@ Default outputs (all folders, so a re-export replaces one thing atomically):
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,7 +23,7 @@ from rich.console import Console
 
 from ..errors import ModelError, PeftkitError, RunDirError
 from ..recipe.schema.adapter import PROMPT_LEARNING
-from ..rundir import RunInfo, read_run
+from ..rundir import RunInfo, read_run, staged
 from .check import (
     DEFAULT_PROMPTS,
     MergeCheck,
@@ -152,48 +148,8 @@ def _check_base(run: RunInfo) -> str:
     spec = run.recipe.model
     source = resolve_base(spec.base)
     found = fingerprint_folder(Path(source.path_or_id)) if source.kind != "hub" else None
-    check_same_base((run.meta.get("base") or {}).get("fingerprint"), found, what=source.path_or_id, where=str(run.path))
+    check_same_base(run.meta.base.fingerprint, found, what=source.path_or_id, where=str(run.path))
     return source.path_or_id
-
-
-@contextmanager
-def staged(target: Path, *, force: bool) -> Iterator[Path]:
-    """A fresh hidden folder beside `target`, renamed to `target` when the block completes, removed if not."""
-    target = Path(target)
-    if target.exists() and not force:
-        raise RunDirError(f"{target}: already exists; use --force to replace it, or --out elsewhere")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-    try:
-        yield tmp
-        _publish(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename into place; an existing target (force) is first moved aside, then removed."""
-    _usual_permissions(tmp)
-    old = None
-    if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-")) / "x"
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)
-
-
-def _usual_permissions(folder: Path) -> None:
-    """mkdtemp/mkstemp create owner-only entries; give the published ones what a plain open() would (umask)."""
-    probe = folder / ".mode-probe"
-    probe.touch()
-    file_mode = probe.stat().st_mode & 0o777
-    probe.unlink()
-    dir_mode = file_mode | ((file_mode & 0o444) >> 2)  # r -> x: rw-r--r-- becomes rwxr-xr-x
-    folder.chmod(dir_mode | 0o700)
-    for path in folder.rglob("*"):
-        path.chmod(dir_mode | 0o700 if path.is_dir() else file_mode)
 
 
 # ---- the work
@@ -215,7 +171,7 @@ def _trained_chat_template(run: RunInfo, tokenizer) -> str | None:
     tokenizer's, so the exported model is prompted the way it was trained."""
     from ..data.templates import NAMED_TEMPLATES
 
-    name = (run.meta.get("data") or {}).get("template")
+    name = run.meta.data.get("template")
     if name in NAMED_TEMPLATES:
         return NAMED_TEMPLATES[name]
     template = getattr(tokenizer, "chat_template", None)

@@ -12,7 +12,8 @@ from rich.console import Console
 from ..data.prepare import prepare_data
 from ..modeling.load import attention_backend
 from ..modeling.zoo import resolve_base
-from ..recipe import Recipe, load_recipe, recipe_from_dict
+from ..recipe import Recipe, recipe_from_dict
+from ..rundir import read_run
 from ..training.trainer import train
 from .measure import process_age_s
 from .record import RouteRun, canonical_base, examples_digest, matched_train
@@ -30,19 +31,19 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
     run_dir = workdir / "run"
     result = train(bench_recipe(recipe, run_dir), run_dir=run_dir, force=True, console=Console(stderr=True))
     wall = process_age_s()
-    m = result.metrics["train"]
+    m = result.metrics.train
     # the run's own per-phase peaks (loading, eval, training): their maximum is the whole process's peak
-    peak, kind = m["peak_memory_mb"], m["peak_memory"]["kind"]
-    curve = {p["step"]: p for p in m["loss_curve"]}  # log_every=1: every step, with its own token counts
-    steps = m["steps"]
+    peak, kind = m.peak_memory_mb, m.peak_memory["kind"]
+    curve = {p["step"]: p for p in m.loss_curve}  # log_every=1: every step, with its own token counts
+    steps = m.steps
     tokens = [curve[s]["tokens"] for s in range(1, steps + 1)]
     trained = [curve[s]["trained_tokens"] for s in range(1, steps + 1)]
     data = prepare_data(recipe).data
 
-    ran = load_recipe(run_dir / "recipe.yaml")  # what the run says it used
-    adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    meta = json.loads((run_dir / "meta.json").read_text())
-    gc, packed = meta["gradient_checkpointing"], meta["packing"]
+    run = read_run(run_dir)  # what the run says it used
+    ran = run.recipe
+    adapter = json.loads((run.adapter_dir / "adapter_config.json").read_text())
+    gc, packed = run.meta.gradient_checkpointing, run.meta.packing
     q = ran.model.quantization
     settings = {
         "matched": {
@@ -60,7 +61,7 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
             "train": matched_train(ran),
             "data": {
                 "max_length": ran.data.max_length, "train_examples": len(data.train),
-                "eval_examples": result.metrics["eval"]["examples"], "examples_sha256": examples_digest(data.train),
+                "eval_examples": result.metrics.eval.examples, "examples_sha256": examples_digest(data.train),
             },
             "trainable_params": result.params.trainable,
         },
@@ -82,7 +83,7 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
     return RouteRun(
         route="peftkit", settings=settings, step_elapsed_s=[curve[s]["elapsed_s"] for s in range(1, steps + 1)],
         step_tokens=tokens, step_trained_tokens=trained, step_loss=[curve[s]["loss"] for s in range(1, steps + 1)],
-        eval_loss=result.metrics["eval"]["after"]["loss"], peak_memory_mb=peak, wall_s=wall, memory_kind=kind,
+        eval_loss=result.metrics.eval.after["loss"], peak_memory_mb=peak, wall_s=wall, memory_kind=kind,
         trainable_params=result.params.trainable,
         mean_example_tokens=sum(len(r["input_ids"]) for r in data.train) / max(len(data.train), 1),
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import DataError, Problem, RecipeError
 from ..modeling.tokens import trained_tokens
-from ..recipe.schema.data import DataSpec
+from ..recipe.schema.data import DataSpec, task_format_problem
 from .bundle import DataBundle, DataReport, RowProblem, SplitReport
 from .formats import RenderPlan, col, render_row, text_field
 from .sources import Loaded, Record, load_source
@@ -87,11 +87,9 @@ def _check_usable(spec: DataSpec, bundle: DataBundle) -> None:
 
 
 def _check_task(spec: DataSpec, task: str, source_file: str | None) -> None:
-    is_cls = task in CLASSIFICATION_TASKS
-    if is_cls != (spec.format == "classification"):
-        need = "model.task: sequence_classification" if spec.format == "classification" else "a generative format"
-        raise RecipeError(source_file, [Problem("data.format", f"does not fit model.task {task}; use {need}",
-                                                spec.format, True)])
+    problem = task_format_problem("sequence_classification" if task in CLASSIFICATION_TASKS else task, spec.format)
+    if problem:  # a Recipe already refused this; a DataSpec built in code meets the same rule
+        raise RecipeError(source_file, [Problem("data.format", problem, spec.format, True)])
 
 
 def _plan(spec: DataSpec, tokenizer, source_file: str | None) -> RenderPlan:

@@ -4,9 +4,7 @@ held-out examples of the first run's recipe, in one table (terminal, JSON, markd
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
-
 
 from ..data import make_collator
 from ..data.prepare import prepare_data
@@ -14,44 +12,8 @@ from ..errors import PeftkitError
 from ..modeling.fingerprint import check_same_base
 from ..modeling.load import load_base
 from ..recipe import Recipe, load_recipe
-from ..rundir import RunInfo, read_run, write_atomic, write_json
+from ..rundir import EvalRecord, ModelScore, RunInfo, read_run, write_atomic, write_record
 from .measure import Measurement, measure
-
-
-@dataclass(frozen=True)
-class ModelScore:
-    name: str          # "base", a run directory, or "<run>/merged"
-    kind: str          # base | adapter | merged
-    metrics: dict[str, float]
-    seconds: float
-    predictions: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class EvalTable:
-    recipe: str
-    examples: int
-    rows: tuple[ModelScore, ...]
-    samples: tuple[dict, ...]  # prompt, reference, and each model's prediction
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def metric_names(self) -> list[str]:
-        return list(dict.fromkeys(k for r in self.rows for k in r.metrics))
-
-    def to_markdown(self) -> str:
-        names = self.metric_names()
-        lines = [f"# eval: {self.recipe} ({self.examples} held-out examples)", "",
-                 "| model | kind | " + " | ".join(names) + " | seconds |",
-                 "| --- | --- | " + " | ".join("---:" for _ in names) + " | ---: |"]
-        for r in self.rows:
-            vals = " | ".join(f"{r.metrics[n]:.4f}" if n in r.metrics else "" for n in names)
-            lines.append(f"| {r.name} | {r.kind} | {vals} | {r.seconds:.1f} |")
-        for i, s in enumerate(self.samples, 1):
-            lines += ["", f"## sample {i}", "", "reference: `" + s["reference"].replace("`", "'") + "`", ""]
-            lines += [f"- {name}: `" + pred.replace("`", "'") + "`" for name, pred in s["predictions"].items()]
-        return "\n".join(lines) + "\n"
 
 
 def _runs(targets: list[str]) -> tuple[Recipe, list[RunInfo]]:
@@ -64,7 +26,7 @@ def _runs(targets: list[str]) -> tuple[Recipe, list[RunInfo]]:
     raise PeftkitError(f"{first}: neither a run directory nor a recipe file")
 
 
-def evaluate_models(targets: list[str], *, merged: bool = True, n_samples: int = 3) -> EvalTable:
+def evaluate_models(targets: list[str], *, merged: bool = True, n_samples: int = 3) -> EvalRecord:
     """targets[0] is a run directory or a recipe (whose data and base define the comparison); the rest are runs."""
     recipe, runs = _runs(targets)
     tokenizer, data = prepare_data(recipe)
@@ -81,7 +43,7 @@ def evaluate_models(targets: list[str], *, merged: bool = True, n_samples: int =
     results: list[tuple[str, str, Measurement]] = [("base", "base", score(base.model))]
     model = base.model
     for i, run in enumerate(runs):
-        check_same_base(run.meta.get("base", {}).get("fingerprint"), base.fingerprint,
+        check_same_base(run.meta.base.fingerprint, base.fingerprint,
                         what=base.source.path_or_id, where=str(run.path))
         from peft import PeftModel
 
@@ -101,18 +63,18 @@ def evaluate_models(targets: list[str], *, merged: bool = True, n_samples: int =
                              attn_implementation=recipe.model.attn_implementation)
             results.append((str(folder), "merged", score(load_base(spec).model)))
 
-    rows = tuple(ModelScore(name, kind, m.metrics, round(m.seconds, 3), tuple(s["prediction"] for s in m.samples))
-                 for name, kind, m in results)
+    rows = tuple(ModelScore(name=name, kind=kind, metrics=m.metrics, seconds=round(m.seconds, 3),
+                            predictions=tuple(s["prediction"] for s in m.samples)) for name, kind, m in results)
     first = results[0][2]
     samples = tuple(
         {"prompt": s["prompt"], "reference": s["reference"],
          "predictions": {r.name: r.predictions[i] for r in rows if i < len(r.predictions)}}
         for i, s in enumerate(first.samples[:n_samples])
     )
-    return EvalTable(recipe=recipe.name, examples=first.examples, rows=rows, samples=samples)
+    return EvalRecord(recipe=recipe.name, examples=first.examples, rows=rows, samples=samples)
 
 
-def evaluate(targets: list[str], *, merged: bool = True, n_samples: int = 3) -> EvalTable:
+def evaluate(targets: list[str], *, merged: bool = True, n_samples: int = 3) -> EvalRecord:
     """evaluate_models, and the table kept as eval.json / eval.md in the first target when it is a run directory
     (the same for `peftkit eval` and the Python API)."""
     table = evaluate_models(targets, merged=merged, n_samples=n_samples)
@@ -121,11 +83,11 @@ def evaluate(targets: list[str], *, merged: bool = True, n_samples: int = 3) -> 
     return table
 
 
-def write_table(table: EvalTable, folder: Path) -> tuple[Path, Path]:
-    write_json(folder / "eval.json", table.to_dict())
+def write_table(table: EvalRecord, folder: Path) -> tuple[Path, Path]:
+    write_record(folder / "eval.json", table)
     write_atomic(folder / "eval.md", table.to_markdown())
     return folder / "eval.json", folder / "eval.md"
 
 
-def table_json(table: EvalTable) -> str:
-    return json.dumps(table.to_dict(), indent=2)
+def table_json(table: EvalRecord) -> str:
+    return json.dumps(table.model_dump(mode="json"), indent=2)

@@ -22,10 +22,11 @@ from pathlib import Path
 from ..data.bundle import RowProblem
 from ..data.formats import chat_messages, col, text_field
 from ..data.sources import HUB_ID, LINE_SUFFIXES, SUFFIXES
-from ..errors import DataError, ModelError, Problem, RecipeError, RunDirError
+from ..errors import DataError, ModelError, RunDirError
 from ..modeling.zoo import ZOO, cache_root, is_pulled, model_dir, resolve_base
 from ..recipe import Recipe
 from ..recipe.schema.data import DataSpec
+from ..rundir import refuse_non_empty
 
 FIRST_ROWS = 5
 FLOOR_ADAPTER_BYTES = 50 * 2**20  # adapter size assumed when the base's config.json is not on disk yet
@@ -50,7 +51,6 @@ def preflight(recipe: Recipe, run_dir: Path, *, resume: bool, force: bool = Fals
     `force`: an existing run directory will be replaced (as --force / output.overwrite)."""
     resume = resume or recipe.train.resume == "auto"
     run_dir = Path(run_dir)
-    _check_task(recipe)
     anchor = _check_run_dir(run_dir, overwrite=force or recipe.output.overwrite or resume)
     config = _base_config(recipe.model.base)
     adapter_bytes, basis = _adapter_bytes(recipe, config)
@@ -72,16 +72,6 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:,.0f} MB"
 
 
-def _check_task(recipe: Recipe) -> None:
-    """The one rule across sections that build_data would otherwise find only after the tokenizer (and a zoo
-    pull): classification data needs a classification head, and the other formats a causal LM."""
-    is_cls = recipe.model.task == "sequence_classification"
-    if is_cls != (recipe.data.format == "classification"):
-        need = "model.task: sequence_classification" if not is_cls else "a generative format"
-        raise RecipeError(None, [Problem("data.format", f"does not fit model.task {recipe.model.task}; use {need}",
-                                         recipe.data.format, True)])
-
-
 # ---- run directory
 
 
@@ -94,10 +84,8 @@ def _check_run_dir(path: Path, *, overwrite: bool) -> Path:
         if not anchor.is_dir():
             where = "exists and is not a directory" if anchor == path else f"{anchor} is a file, not a folder"
             raise RunDirError(f"output.dir {path}: {where}")
-        if anchor == path and not overwrite and any(path.iterdir()):
-            raise RunDirError(
-                f"output.dir {path}: not empty (an earlier run?); use --force / output.overwrite=true or another output.dir"
-            )
+        if anchor == path:
+            refuse_non_empty(path, overwrite=overwrite)
         fd, probe = tempfile.mkstemp(dir=anchor, prefix=".peftkit-preflight-")
         os.close(fd)
         os.unlink(probe)

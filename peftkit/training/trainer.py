@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
@@ -24,7 +23,10 @@ from ..hardware import detect, peak_memory_mb, reset_peak_memory, resolve_precis
 from ..modeling.fingerprint import check_same_base
 from ..modeling.load import base_config, load_base
 from ..recipe import Recipe, recipe_to_yaml
-from ..rundir import default_run_dir, prepare_run_dir, versions, write_atomic, write_json
+from ..rundir import (
+    BaseInfo, EvalMetrics, Meta, Metrics, TrainMetrics, default_run_dir, prepare_run_dir, read_meta, versions,
+    write_atomic, write_record,
+)
 from .batches import Batches
 from .checkpoint import Ranks, latest_valid, load_checkpoint, save_checkpoint
 from .interrupt import GracefulStop
@@ -38,7 +40,7 @@ from .progress import TrainProgress
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
-    metrics: dict
+    metrics: Metrics
     params: ParamReport
     resumed_from: int | None = None  # step of the checkpoint this run continued from
     main: bool = True  # False in the other processes of a multi-process run (they print nothing)
@@ -105,9 +107,8 @@ def train(
     base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, packed=packed,
                      device=accelerator.device, tokenizer=tokenizer)
     if found:
-        meta_file = out / "meta.json"
-        recorded = json.loads(meta_file.read_text()).get("base", {}).get("fingerprint") if meta_file.is_file() else None
-        check_same_base(recorded, base.fingerprint, what=f"model.base {recipe.model.base}", where=str(found[0]))
+        recorded = read_meta(out)
+        check_same_base(recorded.base.fingerprint if recorded else None, base.fingerprint, what=f"model.base {recipe.model.base}", where=str(found[0]))
     model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task, total_steps=recipe.train.max_steps)
     if gc.enabled:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
@@ -132,26 +133,26 @@ def train(
     scheduler = build_scheduler(optimizer, recipe.train)
     unwrapped = accelerator.unwrap_model(model)
 
-    meta = {
-        "peftkit_command": " ".join(sys.argv),
-        "versions": versions(),
-        "base": {"model": recipe.model.base, "resolved": base.source.path_or_id, "kind": base.source.kind,
-                 "fingerprint": base.fingerprint},
-        "quantization": recipe.model.quantization.model_dump(mode="json"),
-        "trust_remote_code": recipe.model.trust_remote_code,
-        "device": str(accelerator.device),
-        "num_processes": accelerator.num_processes,
-        "distributed": accelerator.distributed_type.value,
-        "hardware": hardware.to_dict(),
-        "precision": precision.to_dict(),
-        "data": data.report.to_dict(),
-        "params": {"trainable": params.trainable, "total": params.total},
-        "gradient_checkpointing": {"enabled": gc.enabled, "why": gc.why},
-        "packing": packed,
-    }
+    meta = Meta(
+        peftkit_command=" ".join(sys.argv),
+        versions=versions(),
+        base=BaseInfo(model=recipe.model.base, resolved=base.source.path_or_id, kind=base.source.kind,
+                      fingerprint=base.fingerprint),
+        quantization=recipe.model.quantization.model_dump(mode="json"),
+        trust_remote_code=recipe.model.trust_remote_code,
+        device=str(accelerator.device),
+        num_processes=accelerator.num_processes,
+        distributed=accelerator.distributed_type.value,
+        hardware=hardware.to_dict(),
+        precision=precision.to_dict(),
+        data=data.report.to_dict(),
+        params={"trainable": params.trainable, "total": params.total},
+        gradient_checkpointing={"enabled": gc.enabled, "why": gc.why},
+        packing=packed,
+    )
     if ranks.main:  # the resolved recipe: every default filled in, every `auto` as chosen here
         write_atomic(out / "recipe.yaml", recipe_to_yaml(recipe))
-        write_json(out / "meta.json", meta)
+        write_record(out / "meta.json", meta)
 
     eval_bs = recipe.eval.batch_size or recipe.train.batch_size
     eval_collate = make_collator(tokenizer, packing=packed, task=recipe.model.task)  # loss only; generation pads
@@ -207,33 +208,29 @@ def train(
         tokenizer.save_pretrained(out / "adapter")
     wall = time.perf_counter() - t_start
     eval_s = extra.get("before_s", 0.0) + after.seconds
-    metrics = {
-        "train": {
-            "steps": state.step,
-            "final_loss": state.curve[-1]["loss"] if state.curve else None,
-            "loss_curve": state.curve,
-            "tokens": state.tokens,
-            "trained_tokens": state.trained_tokens,
-            "tokens_per_s": state.tokens / max(state.train_s, 1e-9),
-            "trained_tokens_per_s": state.trained_tokens / max(state.train_s, 1e-9),
-            "train_s": state.train_s,
-            "wall_s": wall,
-            "eval_share": eval_s / max(wall, 1e-9),
-            "peak_memory_mb": max(load_peak[0], eval_peak[0], train_peak[0], after_peak[0]),
-            "peak_memory": {"kind": train_peak[1], "load_mb": load_peak[0], "eval_before_mb": eval_peak[0],
-                            "train_mb": train_peak[0], "eval_after_mb": after_peak[0]},
-            "skipped_nonfinite": state.skipped,
-            "fp16_overflow_steps": state.overflows,
-        },
-        "eval": {
-            "before": extra.get("before"),
-            "after": after.metrics,
-            "examples": after.examples,
-            "samples_after": list(after.samples),
-        },
-    }
+    metrics = Metrics(
+        train=TrainMetrics(
+            steps=state.step,
+            final_loss=state.curve[-1]["loss"] if state.curve else None,
+            loss_curve=state.curve,
+            tokens=state.tokens,
+            trained_tokens=state.trained_tokens,
+            tokens_per_s=state.tokens / max(state.train_s, 1e-9),
+            trained_tokens_per_s=state.trained_tokens / max(state.train_s, 1e-9),
+            train_s=state.train_s,
+            wall_s=wall,
+            eval_share=eval_s / max(wall, 1e-9),
+            peak_memory_mb=max(load_peak[0], eval_peak[0], train_peak[0], after_peak[0]),
+            peak_memory={"kind": train_peak[1], "load_mb": load_peak[0], "eval_before_mb": eval_peak[0],
+                         "train_mb": train_peak[0], "eval_after_mb": after_peak[0]},
+            skipped_nonfinite=state.skipped,
+            fp16_overflow_steps=state.overflows,
+        ),
+        eval=EvalMetrics(before=extra.get("before"), after=after.metrics, examples=after.examples,
+                         samples_after=list(after.samples)),
+    )
     if ranks.main:
-        write_json(out / "metrics.json", metrics)
+        write_record(out / "metrics.json", metrics)
     ranks.wait()  # no process returns before the run directory is complete
     console.print(f"run directory: {out}", highlight=False)
     return RunResult(run_dir=out, metrics=metrics, params=params, resumed_from=resumed_from, main=ranks.main)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from transformers import AutoTokenizer
 
 from peftkit.adapters import attach_adapter
 from peftkit.modeling.load import load_base
@@ -61,7 +62,7 @@ def unchanged(model, packed: dict[str, torch.Tensor]) -> bool:
 @pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
 def test_method_on_4bit_smollm2(method, bases, train_steps, tmp_path):
     loaded, packed = bases(DTYPE[method])
-    rows = transcript_rows(loaded.tokenizer)
+    rows = transcript_rows(AutoTokenizer.from_pretrained(loaded.source.path_or_id))
     adapter = ADAPTERS[method]
     model = attach_adapter(loaded.model, adapter, task="causal_lm")
     state = train_steps(model, adapter, steps=3, lr=LR[method], rows=rows, batch_size=2)

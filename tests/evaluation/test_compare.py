@@ -25,9 +25,9 @@ def test_base_and_adapter_scored_on_the_same_examples(run, tmp_path):
     base, adapter = table.rows
     assert set(base.metrics) == set(adapter.metrics) == {"loss", "exact_match"}
     # the table reproduces what training measured, on the same examples
-    assert adapter.metrics["loss"] == pytest.approx(run.metrics["eval"]["after"]["loss"], rel=1e-4)
-    assert base.metrics["loss"] == pytest.approx(run.metrics["eval"]["before"]["loss"], rel=1e-4)
-    assert table.examples == run.metrics["eval"]["examples"]
+    assert adapter.metrics["loss"] == pytest.approx(run.metrics.eval.after["loss"], rel=1e-4)
+    assert base.metrics["loss"] == pytest.approx(run.metrics.eval.before["loss"], rel=1e-4)
+    assert table.examples == run.metrics.eval.examples
     assert table.samples and set(table.samples[0]["predictions"]) == {"base", str(run.run_dir)}
     js, md = write_table(table, tmp_path)
     assert json.loads(js.read_text())["rows"][1]["kind"] == "adapter"

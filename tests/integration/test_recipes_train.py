@@ -20,7 +20,7 @@ def test_recipe_trains_two_steps(name, tmp_path, smollm2_dir, minilm_dir):
         "data.limit=64", f"output.dir={tmp_path / 'run'}",
     ])
     result = peftkit.train(recipe)
-    assert result.metrics["train"]["steps"] == 2
-    assert result.metrics["train"]["trained_tokens"] > 0
-    assert all(v == v for v in result.metrics["eval"]["after"].values())  # no NaN
+    assert result.metrics.train.steps == 2
+    assert result.metrics.train.trained_tokens > 0
+    assert all(v == v for v in result.metrics.eval.after.values())  # no NaN
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from peft import PeftModel
+from transformers import AutoTokenizer
 
 import peftkit
 from peftkit.modeling.load import load_base
@@ -18,15 +19,16 @@ def test_quickstart_trains_for_a_few_steps(smollm2_dir, tmp_path):
     ])
     result = peftkit.train(recipe)
     m = result.metrics
-    assert m["eval"]["after"]["loss"] < m["eval"]["before"]["loss"]
-    curve = [c["loss"] for c in m["train"]["loss_curve"]]
+    assert m.eval.after["loss"] < m.eval.before["loss"]
+    curve = [c["loss"] for c in m.train.loss_curve]
     assert min(curve[-3:]) < curve[0]
     assert 0 < result.params.trainable < result.params.total / 10
 
     # plain PEFT loads the saved adapter onto the same 4-bit base, and it changes the output
     base = load_base(recipe.model)
     model = PeftModel.from_pretrained(base.model, result.run_dir / "adapter")
-    ids = base.tokenizer.apply_chat_template([{"role": "user", "content": "Extract: Ada Kim, 30, chef in Oslo."}],
+    tokenizer = AutoTokenizer.from_pretrained(result.run_dir / "adapter")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Extract: Ada Kim, 30, chef in Oslo."}],
                                              add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         adapted = model(**ids).logits

@@ -118,8 +118,8 @@ def test_sigkill_then_resume_equals_uninterrupted(assets, tmp_path):
     b = load_file(resumed.run_dir / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
-    curve_a = full.metrics["train"]["loss_curve"]
-    curve_b = resumed.metrics["train"]["loss_curve"]
+    curve_a = full.metrics.train.loss_curve
+    curve_b = resumed.metrics.train.loss_curve
     assert [c["step"] for c in curve_a] == [c["step"] for c in curve_b]
     for x, y in zip(curve_a, curve_b):
         assert abs(x["loss"] - y["loss"]) <= 1e-6

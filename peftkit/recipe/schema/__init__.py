@@ -9,7 +9,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._base import Section
 from .adapter import PROMPT_LEARNING, AdapterSpec, compatibility_problems
-from .data import DataSpec
+from .data import DataSpec, task_format_problem
 from .eval import EvalSpec
 from .model import ModelSpec, QuantizationSpec
 from .output import OutputSpec
@@ -49,6 +49,9 @@ class Recipe(Section):
     def _adapter_fits_model_data_train(self):
         # raised as a ValidationError so each problem keeps its own dotted key (adapter.method, adapter.init, ...)
         problems = compatibility_problems(self.adapter, self.model, self.data, self.train)
+        fits = task_format_problem(self.model.task, self.data.format)
+        if fits:
+            problems = [("data.format", fits, self.data.format), *problems]
         if problems:
             raise ValidationError.from_exception_data("Recipe", [
                 InitErrorDetails(type=PydanticCustomError("incompatible", "{message}", {"message": message}),

@@ -129,3 +129,12 @@ class DataSpec(Section):
         if bad:
             raise ValueError(f"roles map to system, user, assistant or tool (got {', '.join(bad)})")
         return v
+
+
+def task_format_problem(task: str, fmt: str) -> str | None:
+    """The one task/format rule: classification data needs a classification head, the other formats a causal LM."""
+    if (task == "sequence_classification") == (fmt == "classification"):
+        return None
+    if fmt == "classification":
+        return f"does not fit model.task {task}; set model.task: sequence_classification"
+    return f"does not fit model.task {task}; use data.format: classification, or model.task: causal_lm"
