@@ -9,10 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .recipe import Recipe
 
 # CPU features that decide bf16: native bf16 dot products (AVX512-BF16) or AMX tiles make bf16 matmuls faster
 # than fp32; without them PyTorch emulates bf16 through fp32 and a bf16 matmul is slower than an fp32 one.
@@ -141,22 +137,6 @@ def choose_precision(model_dtype: str, compute_dtype: str, mixed_precision: str,
     else:
         mp_auto, mp_why = "no", "CPU: no autocast; the base weights' dtype decides the matmul speed"
     return Precision(pick(model_dtype, dtype, why), pick(compute_dtype, dtype, why), pick(mixed_precision, mp_auto, mp_why))
-
-
-def resolve_precision(recipe: "Recipe", hw: Hardware | None = None) -> tuple["Recipe", Precision]:
-    """The recipe with every precision `auto` replaced by this machine's choice, validated again (so rules that
-    depend on the dtype, e.g. ia3 on a quantized base, see the concrete value)."""
-    from .recipe import recipe_from_dict
-
-    hw = hw or detect()
-    m, t = recipe.model, recipe.train
-    choice = choose_precision(m.dtype, m.quantization.compute_dtype, t.mixed_precision, hw)
-    raw = recipe.model_dump(mode="json")
-    raw["model"]["dtype"] = choice.model_dtype.value
-    raw["train"]["mixed_precision"] = choice.mixed_precision.value
-    if m.quantization.bits == 4:
-        raw["model"]["quantization"]["compute_dtype"] = choice.compute_dtype.value
-    return recipe_from_dict(raw, source=f"recipe {recipe.name} (precision resolved)"), choice
 
 
 def peak_memory_mb() -> tuple[float, str]:

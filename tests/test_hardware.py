@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from peftkit.errors import RecipeError
-from peftkit.hardware import Gpu, Hardware, choose_precision, read_cpuinfo, resolve_precision
+from peftkit.hardware import Gpu, Hardware, choose_precision, read_cpuinfo
+from peftkit.training.choices import resolve_precision
 from peftkit.recipe import load_recipe, recipe_from_dict
 
 AVX512 = frozenset({"avx2", "fma", "avx512f", "avx512_vnni"})  # a Xeon without native bf16

@@ -10,7 +10,6 @@ from pathlib import Path
 from rich.console import Console
 
 from ..data.prepare import prepare_data
-from ..modeling.load import attention_backend
 from ..modeling.zoo import resolve_base
 from ..recipe import Recipe, recipe_from_dict
 from ..rundir import read_run
@@ -71,7 +70,7 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
             else f"{gc['enabled']} ({gc['why']})",
             "mixed_precision": ran.train.mixed_precision,
             "adapter_dtype": "float32",
-            "attn_implementation": attention_backend(ran.model.attn_implementation, ran.model.task, packed),
+            "attn_implementation": ran.model.attn_implementation,  # resolved by training.choices
             "optimizer": ran.train.optimizer,
             "packing": packed,
             "padding_free": packed,

@@ -21,7 +21,8 @@ from rich.console import Console
 
 from ..errors import PeftkitError
 from ..modeling.zoo import resolve_base
-from ..hardware import resolve_precision
+from ..hardware import detect
+from ..training.choices import resolve_precision
 from ..recipe import Recipe, load_recipe
 from .measure import (
     FLOPS_FORMULA,
@@ -204,7 +205,7 @@ def run_bench(
     if repeats < 1 or warmup_steps < 0:
         raise PeftkitError("bench: --repeats must be 1 or more and --warmup-steps 0 or more")
     # both routes get this machine's precision choice for every `auto`, so they load the same base the same way
-    recipe, precision = resolve_precision(load_recipe(recipe_path, overrides))
+    recipe, precision = resolve_precision(load_recipe(recipe_path, overrides), detect())
     check_comparable(recipe, str(recipe_path))
     name = name or recipe.name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):

@@ -48,14 +48,10 @@ def bnb_config(q: QuantizationSpec, *, task: str) -> BitsAndBytesConfig | None:
     )
 
 
-def attention_backend(choice: str, task: str = "causal_lm", packed: bool = True) -> str:
-    """auto: sdpa, except for decoders trained on padded batches on CPU. On SmolLM2 4-bit, Code Alpaca, 2 CPU
-    cores (benchmarks/results/levers.md): padded batches stepped faster with eager (23.5 vs 24.8 s); packed rows
-    the other way round (sdpa 31.5 vs eager 39.4 s, peak RSS 2.1 vs 2.8 GB). The MiniLM encoder: sdpa ~2 s vs
-    eager ~10 s per step (a one-off measurement)."""
-    if choice != "auto":
-        return choice
-    return "eager" if task == "causal_lm" and not packed and not torch.cuda.is_available() else "sdpa"
+def attention_backend(choice: str) -> str:
+    """A recipe resolved for training (peftkit.training.choices) names its backend; `auto` elsewhere (a bare recipe
+    given to eval) is transformers' own default."""
+    return "sdpa" if choice == "auto" else choice
 
 
 def load_tokenizer(spec: ModelSpec, source: ResolvedBase | None = None):
@@ -88,11 +84,10 @@ def _placement(device: torch.device) -> int | str:
 
 def load_base(
     spec: ModelSpec, *, num_labels: int | None = None, label_names: tuple[str, ...] | None = None,
-    packed: bool = True, device: torch.device | str | None = None, tokenizer=None,
+    device: torch.device | str | None = None, tokenizer=None,
 ) -> LoadedBase:
     """Loads frozen base weights onto `device` (default: this process's GPU, else the CPU); the adapter is attached
-    later by peftkit.adapters. `packed`: whether training batches will be packed (it picks the attention backend
-    under model.attn_implementation: auto). A dtype left at `auto` gets this machine's choice (peftkit.hardware).
+    later by peftkit.adapters. A dtype left at `auto` gets this machine's choice (peftkit.hardware).
     `tokenizer`: the one the data was prepared with (peftkit.data.prepare_data); the model takes its pad id where
     the config has none, and grows its embeddings when a pad token had to be added."""
     device = torch.device(device) if device is not None else default_device()
@@ -101,7 +96,7 @@ def load_base(
         dtype=DTYPES[concrete_dtype(spec.dtype)],
         quantization_config=bnb_config(spec.quantization, task=spec.task),
         trust_remote_code=spec.trust_remote_code,
-        attn_implementation=attention_backend(spec.attn_implementation, spec.task, packed),
+        attn_implementation=attention_backend(spec.attn_implementation),
     )
     if spec.quantization.bits is not None:
         # bitsandbytes quantizes while placing: straight onto this process's device (under DDP each rank its own)

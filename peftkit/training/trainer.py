@@ -19,7 +19,7 @@ from ..data import make_collator
 from ..data.prepare import prepare_data
 from ..errors import PeftkitError, RunDirError, TrainingAborted
 from ..evaluation.measure import measure
-from ..hardware import detect, peak_memory_mb, reset_peak_memory, resolve_precision
+from ..hardware import detect, peak_memory_mb, reset_peak_memory
 from ..modeling.fingerprint import check_same_base
 from ..modeling.load import base_config, load_base
 from ..recipe import Recipe, recipe_to_yaml
@@ -31,7 +31,7 @@ from .batches import Batches
 from .checkpoint import Ranks, latest_valid, load_checkpoint, save_checkpoint
 from .interrupt import GracefulStop
 from .loop import FitState, fit
-from .recompute import choose_checkpointing
+from .choices import resolve, resolve_precision
 from .optim import build_optimizer, build_scheduler
 from .preflight import preflight
 from .progress import TrainProgress
@@ -101,14 +101,14 @@ def train(
 
     tokenizer, data = prepare_data(recipe)
     num_labels = len(data.label_names or ()) or None
-    gc = choose_checkpointing(recipe.train.gradient_checkpointing, batch_size=recipe.train.batch_size,
-                              max_length=recipe.data.max_length, config=base_config(recipe.model))
-    packed = recipe.packs(gc.enabled)
-    base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, packed=packed,
-                     device=accelerator.device, tokenizer=tokenizer)
+    recipe, choices = resolve(recipe, hardware, precision, config=base_config(recipe.model))
+    gc, packed = choices.recompute, choices.packing
+    base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, device=accelerator.device,
+                     tokenizer=tokenizer)
     if found:
         recorded = read_meta(out)
-        check_same_base(recorded.base.fingerprint if recorded else None, base.fingerprint, what=f"model.base {recipe.model.base}", where=str(found[0]))
+        check_same_base(recorded.base.fingerprint if recorded else None, base.fingerprint,
+                        what=f"model.base {recipe.model.base}", where=str(found[0]))
     model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task, total_steps=recipe.train.max_steps)
     if gc.enabled:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},

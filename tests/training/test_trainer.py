@@ -18,7 +18,8 @@ from support.tiny_run import tiny_recipe, write_base, write_chat
 from transformers import AutoModelForCausalLM
 
 import peftkit
-from peftkit.hardware import resolve_precision
+from peftkit.hardware import detect
+from peftkit.training.choices import resolve_precision
 from peftkit.errors import RunDirError, TrainingAborted
 from peftkit.recipe import recipe_to_yaml
 from peftkit.training import checkpoint as ckpt_mod
@@ -49,9 +50,14 @@ def test_run_directory_is_self_describing(assets, tmp_path):
     assert meta["base"]["fingerprint"].startswith("sha256-sampled:")
     assert meta["versions"]["torch"] and meta["params"]["trainable"] > 0
     # the recipe as it ran: every `auto` precision replaced by this machine's choice, recorded with its reason
-    resolved, precision = resolve_precision(tiny_recipe(base, data, tmp_path / "run"))
-    assert peftkit.load_recipe(run / "recipe.yaml") == resolved
-    assert meta["precision"] == precision.to_dict() and resolved.model.dtype != "auto"
+    hw = detect()
+    resolved, precision = resolve_precision(tiny_recipe(base, data, tmp_path / "run"), hw)
+    written = peftkit.load_recipe(run / "recipe.yaml")
+    assert meta["precision"] == precision.to_dict() and written.model.dtype == resolved.model.dtype != "auto"
+    assert written.train.gradient_checkpointing is meta["gradient_checkpointing"]["enabled"]
+    assert written.data.packing is meta["packing"] and written.model.attn_implementation in ("eager", "sdpa")
+    for section in ("adapter", "eval", "output"):
+        assert getattr(written, section) == getattr(resolved, section)
 
     # the adapter is plain PEFT: it loads on the base and changes its output
     plain = AutoModelForCausalLM.from_pretrained(base)

@@ -8,7 +8,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._base import Section
-from .adapter import PROMPT_LEARNING, AdapterSpec, compatibility_problems
+from .adapter import AdapterSpec, compatibility_problems
 from .data import DataSpec, task_format_problem
 from .eval import EvalSpec
 from .model import ModelSpec, QuantizationSpec
@@ -32,18 +32,6 @@ class Recipe(Section):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
             raise ValueError("use letters, digits, '.', '_' or '-' (it names a directory)")
         return v
-
-    def packs(self, checkpointing: bool) -> bool:
-        """data.packing resolved for a run with or without activation checkpointing. `auto` packs causal LM
-        batches when checkpointing is on, unless PEFT's prompt learning would drop the position ids that keep
-        packed examples apart. Measured on SmolLM2 4-bit, 2 CPU cores (benchmarks/results/levers.md): with
-        checkpointing, packed rows (sdpa) stepped 1.17x faster than padded batches and peaked lower; without it,
-        padded batches (eager) were faster (23.5 vs 26.9 s on Code Alpaca): a packed row's block-diagonal
-        attention costs more on CPU than the padding it saves, unless the activations are recomputed anyway."""
-        if self.data.packing != "auto":
-            return self.data.packing
-        return (checkpointing and self.model.task == "causal_lm" and self.data.format != "classification"
-                and self.adapter.method not in PROMPT_LEARNING)
 
     @model_validator(mode="after")
     def _adapter_fits_model_data_train(self):

@@ -9,7 +9,7 @@ from support.tiny_run import tiny_recipe, write_base, write_chat
 
 import peftkit
 from peftkit.recipe import recipe_from_dict
-from peftkit.training.recompute import BYTES_PER_HIDDEN, activation_estimate, choose_checkpointing
+from peftkit.training.choices import BYTES_PER_HIDDEN, activation_estimate, choose_checkpointing
 
 SMOLLM2 = SimpleNamespace(num_hidden_layers=30, hidden_size=576)
 

@@ -1,0 +1,127 @@
+"""Run-time choices: every `auto` in a recipe resolved once, for this machine and this recipe, with its reason.
+
+The trainer calls resolve(); the recipe it returns has no `auto` left and is what the run directory records, so
+eval, merge and export of that run load the model exactly as training did.
+
+- precision (model.dtype, quantization.compute_dtype, train.mixed_precision): peftkit.hardware's rule, which
+  `peftkit doctor` shows too.
+- recompute (train.gradient_checkpointing): on when a batch_size x max_length batch's activations would take more
+  than a quarter of the device's memory (the GPU's, or RAM on CPU). What it costs and saves:
+  benchmarks/results/levers.md, rows "gradient checkpointing".
+- packing (data.packing): packed rows only with recompute on; levers.md, rows "packing".
+- attention (model.attn_implementation): sdpa, except eager for decoders trained on padded batches on CPU;
+  levers.md, rows "attention".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..hardware import Hardware, Precision, choose_precision
+from ..recipe import Recipe, recipe_from_dict
+from ..recipe.schema.adapter import PROMPT_LEARNING
+
+# Activations kept per token x layer x hidden unit without checkpointing, from a first-batch reading of
+# benchmarks/levers.py on SmolLM2 4-bit (an estimate for choosing, not an allocator): fp32 adapter
+# inputs (PEFT casts x to the adapter's dtype in each of the 7 adapted projections), dropout copies, the MLP's
+# 2.7x-wide intermediates and attention. An estimate for choosing, not an allocator.
+BYTES_PER_HIDDEN = 136
+BUDGET_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class CheckpointingChoice:
+    enabled: bool
+    why: str
+    estimate_bytes: int | None = None
+    budget_bytes: int | None = None
+
+
+def device_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def activation_estimate(tokens: int, config) -> int | None:
+    layers = getattr(config, "num_hidden_layers", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not layers or not hidden:
+        return None
+    return tokens * layers * hidden * BYTES_PER_HIDDEN
+
+
+def choose_checkpointing(setting: bool | str, *, batch_size: int, max_length: int, config,
+                         device_bytes: int | None = None) -> CheckpointingChoice:
+    if setting != "auto":
+        return CheckpointingChoice(bool(setting), "set in the recipe")
+    tokens = batch_size * max_length
+    estimate = activation_estimate(tokens, config)
+    if estimate is None:
+        return CheckpointingChoice(True, "auto: the model config gives no layer count / hidden size to estimate from")
+    budget = int(BUDGET_SHARE * (device_bytes or device_memory_bytes()))
+    on = estimate > budget
+    why = (f"auto: activations of a {batch_size} x {max_length}-token batch ~{estimate / 2**30:.1f} GiB "
+           f"{'>' if on else '<='} {BUDGET_SHARE:.0%} of device memory ({budget / 2**30:.1f} GiB)")
+    return CheckpointingChoice(on, why, estimate, budget)
+
+
+def choose_packing(recipe: Recipe, recompute: bool) -> bool:
+    """data.packing: auto packs causal LM batches when activations are recomputed, unless PEFT's prompt learning
+    would drop the position ids that keep packed examples apart."""
+    if recipe.data.packing != "auto":
+        return recipe.data.packing
+    return (recompute and recipe.model.task == "causal_lm" and recipe.data.format != "classification"
+            and recipe.adapter.method not in PROMPT_LEARNING)
+
+
+def choose_attention(setting: str, task: str, packed: bool, *, cuda: bool) -> str:
+    if setting != "auto":
+        return setting
+    return "eager" if task == "causal_lm" and not packed and not cuda else "sdpa"
+
+
+def resolve_precision(recipe: Recipe, hw: Hardware) -> tuple[Recipe, Precision]:
+    """The recipe with every precision `auto` replaced by this machine's choice, validated again (so rules that
+    depend on the dtype, e.g. ia3 on a quantized base, see the concrete value)."""
+    m, t = recipe.model, recipe.train
+    choice = choose_precision(m.dtype, m.quantization.compute_dtype, t.mixed_precision, hw)
+    raw = recipe.model_dump(mode="json")
+    raw["model"]["dtype"] = choice.model_dtype.value
+    raw["train"]["mixed_precision"] = choice.mixed_precision.value
+    if m.quantization.bits == 4:
+        raw["model"]["quantization"]["compute_dtype"] = choice.compute_dtype.value
+    return recipe_from_dict(raw, source=f"recipe {recipe.name} (precision resolved)"), choice
+
+
+@dataclass(frozen=True)
+class Choices:
+    precision: Precision
+    recompute: CheckpointingChoice
+    packing: bool
+    attention: str
+
+    def to_dict(self) -> dict:
+        return {"precision": self.precision.to_dict(), "gradient_checkpointing": asdict(self.recompute),
+                "packing": self.packing, "attn_implementation": self.attention}
+
+
+def resolve(
+    recipe: Recipe, hw: Hardware, precision: Precision, *, config, device_bytes: int | None = None
+) -> tuple[Recipe, Choices]:
+    """The rest, once the base's (text) `config` can be read (after preflight: reading it may pull a zoo model),
+    for a recipe resolve_precision already made concrete. Returns the recipe with no `auto` left."""
+    t = recipe.train
+    recompute = choose_checkpointing(t.gradient_checkpointing, batch_size=t.batch_size,
+                                     max_length=recipe.data.max_length, config=config, device_bytes=device_bytes)
+    packing = choose_packing(recipe, recompute.enabled)
+    attention = choose_attention(recipe.model.attn_implementation, recipe.model.task, packing, cuda=hw.cuda)
+    raw = recipe.model_dump(mode="json")
+    raw["train"]["gradient_checkpointing"] = recompute.enabled
+    raw["data"]["packing"] = packing
+    raw["model"]["attn_implementation"] = attention
+    resolved = recipe_from_dict(raw, source=f"recipe {recipe.name} (resolved)")
+    return resolved, Choices(precision, recompute, packing, attention)
