@@ -38,7 +38,8 @@ def fp32_run(tiny_root) -> Path:
 @pytest.fixture(scope="session")
 def nf4_run(tiny_root) -> Path:
     """The same recipe on the base loaded in 4-bit NF4 (bitsandbytes' CPU path), bf16 compute."""
-    return _train(tiny_root, "run-nf4", model={"quantization": {"bits": 4}})
+    # compute dtype written out: `auto` would pick float32 on a CPU without AVX512-BF16, bf16 elsewhere
+    return _train(tiny_root, "run-nf4", model={"quantization": {"bits": 4, "compute_dtype": "bfloat16"}})
 
 
 @pytest.fixture(scope="session")

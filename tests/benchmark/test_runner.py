@@ -4,7 +4,11 @@ import json
 import math
 from pathlib import Path
 
+from support.bnb_cpu import bnb_repacks_4bit_on_this_cpu
+
 from peftkit.benchmark.runner import METRICS, SCHEMA, mismatches
+
+QUANTIZED_LAYERS = 14  # all-linear on the 2-layer Llama: 7 projections per layer, each a Linear4bit
 
 
 def test_trl_route_uses_the_recipes_settings(tiny_bench):
@@ -17,7 +21,8 @@ def test_trl_route_uses_the_recipes_settings(tiny_bench):
     a = recipe.adapter
     assert (trl["adapter"]["rank"], trl["adapter"]["alpha"], trl["adapter"]["dropout"]) == (a.rank, a.alpha, a.dropout)
     # all-linear on the 2-layer Llama: 7 projections per layer, the same module names as peftkit's adapter
-    assert len(trl["adapter"]["targets"]) == 14 and trl["adapter"]["targets"] == ours["adapter"]["targets"]
+    assert len(trl["adapter"]["targets"]) == QUANTIZED_LAYERS
+    assert trl["adapter"]["targets"] == ours["adapter"]["targets"]
     t = trl["train"]
     assert (t["lr"], t["max_steps"], t["batch_size"], t["seed"]) == (recipe.train.lr, steps, recipe.train.batch_size,
                                                                      recipe.train.seed)
@@ -37,7 +42,11 @@ def test_both_routes_really_trained(tiny_bench):
     defaults = routes["trl"]["settings"]["defaults"]
     assert defaults["trainer"] == "trl.SFTTrainer"
     assert defaults["gradient_checkpointing"] is True  # TRL's default is kept: it is part of what is compared
-    assert defaults["cpu_4bit_repack_disabled_layers"] == 14  # the peer is protected from the CPU 4-bit repack
+    # the peer is protected from the CPU 4-bit repack on every layer where bitsandbytes would repack (AVX512-BF16
+    # CPUs); elsewhere bitsandbytes never repacks and there is nothing to switch off
+    repacks = bnb_repacks_4bit_on_this_cpu()
+    assert defaults["cpu_4bit_repack_disabled_layers"] == (QUANTIZED_LAYERS if repacks else 0), (
+        f"bitsandbytes {'repacks' if repacks else 'does not repack'} 4-bit weights on this CPU")
     for route in ("peftkit", "trl"):
         run = routes[route]["runs"][0]
         assert run["steps"] == steps and run["timed_steps"] == steps - 2 and run["warmup_excluded"] == 2

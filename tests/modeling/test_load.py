@@ -3,6 +3,7 @@
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from support.bnb_cpu import bnb_repacks_4bit_on_this_cpu, linear4bit_count
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from peftkit.adapters import attach_adapter
@@ -64,6 +65,29 @@ def test_training_after_eval_keeps_correct_4bit_gradients(tiny_dir):
     expected, got = grads_after_step(fresh, batch), grads_after_step(evald, batch)
     for name, g in expected.items():
         torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_eval_forward_leaves_every_4bit_weight_as_loaded(tiny_dir):
+    """Where bitsandbytes repacks 4-bit weights on an eval-mode forward (AVX512-BF16 CPUs) only the loader's
+    protection keeps them as loaded; elsewhere bitsandbytes never repacks. The bytes must not change on any CPU, and
+    the protection reports exactly the layers bitsandbytes would have repacked here (observed, not assumed)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from peftkit.models.load import keep_cpu_4bit_differentiable
+
+    model = load_base(spec(tiny_dir, bits=4)).model
+    packed = {n: p.detach().clone() for n, p in model.named_parameters() if p.dtype == torch.uint8}
+    assert len(packed) == linear4bit_count(model) == 14  # 7 projections x 2 layers
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[2, 3, 4, 5]]))
+    now = dict(model.named_parameters())
+    repacked = [n for n, p in packed.items() if now[n].shape != p.shape or not torch.equal(now[n], p)]
+    assert not repacked, f"repacked by an eval-mode forward: {repacked}"
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=quant, device_map={"": "cpu"})
+    assert keep_cpu_4bit_differentiable(plain) == (14 if bnb_repacks_4bit_on_this_cpu() else 0)
 
 
 def test_missing_local_weights_is_one_line(tmp_path):
