@@ -73,7 +73,7 @@ def test_eval_forward_leaves_every_4bit_weight_as_loaded(tiny_dir):
     the protection reports exactly the layers bitsandbytes would have repacked here (observed, not assumed)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from peftkit.models.load import keep_cpu_4bit_differentiable
+    from peftkit.modeling.load import keep_cpu_4bit_differentiable
 
     model = load_base(spec(tiny_dir, bits=4)).model
     packed = {n: p.detach().clone() for n, p in model.named_parameters() if p.dtype == torch.uint8}

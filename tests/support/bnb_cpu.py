@@ -3,7 +3,7 @@
 On CPUs with AVX512-BF16 (bitsandbytes 0.50 asks its native library) a Linear4bit repacks its weight in place for
 a backward-less inference kernel the first time it runs in eval mode; on other CPUs (an Intel Xeon with AVX-512
 VNNI but no AVX512-BF16, say) it never does. Tests that count or check the repack protection
-(peftkit.models.load.keep_cpu_4bit_differentiable) take the expectation from here, so they hold on every CPU and
+(peftkit.modeling.load.keep_cpu_4bit_differentiable) take the expectation from here, so they hold on every CPU and
 still fail where the repack happens and the protection did not stop it.
 """
 
