@@ -7,10 +7,10 @@ eval, merge and export of that run load the model exactly as training did.
   `peftkit doctor` shows too.
 - recompute (train.gradient_checkpointing): on when a batch_size x max_length batch's activations would take more
   than a quarter of the device's memory (the GPU's, or RAM on CPU). What it costs and saves:
-  benchmarks/results/levers.md, rows "gradient checkpointing".
-- packing (data.packing): packed rows only with recompute on; levers.md, rows "packing".
+  benchmarks/results/levers.md, row "checkpointing" against row "plain".
+- packing (data.packing): packed rows only with recompute on; levers.md, rows "packing" and "defaults".
 - attention (model.attn_implementation): sdpa, except eager for decoders trained on padded batches on CPU;
-  levers.md, rows "attention".
+  levers.md, rows "sdpa" against "plain", and "defaults_eager" against "defaults".
 """
 
 from __future__ import annotations

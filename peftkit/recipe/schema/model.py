@@ -61,5 +61,6 @@ class ModelSpec(Section):
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec, description="bitsandbytes loading")
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model; recorded in meta.json")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="attention backend; auto: sdpa, except eager for decoders on CPU (measured faster there)"
+        "auto", description="attention backend; auto: sdpa, except eager for decoders trained on padded batches on CPU "
+        "(peftkit.training.choices)"
     )
