@@ -60,12 +60,13 @@ class MatmulProbe:
     seconds: float
 
 
-def matmul_rate(*, seconds: float = 2.0, size: int | None = None) -> MatmulProbe:
-    """Sustained bf16 matmul rate of this machine, measured now (so it sees the same load as the runs)."""
+def matmul_rate(*, seconds: float = 2.0, size: int | None = None, dtype: str = "bfloat16") -> MatmulProbe:
+    """Sustained matmul rate of this machine in `dtype` (the one the runs compute in: a CPU without AVX512-BF16
+    runs bf16 about half as fast as fp32), measured now, so it sees the same load as the runs."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = size or (8192 if device == "cuda" else 2048)  # big enough to be compute-bound on each
-    a = torch.randn(size, size, dtype=torch.bfloat16, device=device)
-    b = torch.randn(size, size, dtype=torch.bfloat16, device=device)
+    a = torch.randn(size, size, dtype=getattr(torch, dtype), device=device)
+    b = torch.randn(size, size, dtype=getattr(torch, dtype), device=device)
 
     def sync() -> None:
         if device == "cuda":
@@ -83,7 +84,7 @@ def matmul_rate(*, seconds: float = 2.0, size: int | None = None) -> MatmulProbe
             if time.perf_counter() - t0 >= seconds:
                 break
     took = time.perf_counter() - t0
-    return MatmulProbe(2 * size**3 * n / took / 1e9, size, "bfloat16", device, torch.get_num_threads(), took)
+    return MatmulProbe(2 * size**3 * n / took / 1e9, size, dtype, device, torch.get_num_threads(), took)
 
 
 @dataclass(frozen=True)

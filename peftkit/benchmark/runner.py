@@ -52,7 +52,8 @@ DEFINITIONS = {
     "final_train_loss": "mean train loss of the last 5 steps",
     "eval_loss": "token-weighted mean loss on the held-out examples (eval.max_examples), both routes scored by "
                  "peftkit.evaluation.measure.eval_loss",
-    "mfu": "model FLOPs per token x tokens_per_s / the bf16 matmul rate measured at the start of the bench",
+    "mfu": "model FLOPs per token x tokens_per_s / the matmul rate, in the dtype the run computes in, measured at "
+           "the start of the bench",
 }
 REQUIRED = ("trl", "datasets", "matplotlib")
 
@@ -215,8 +216,10 @@ def run_bench(
         raise PeftkitError(f"bench needs {', '.join(missing)}: pip install 'peftkit[bench]'")
 
     machine = machine_info()
-    console.print("measuring the bf16 matmul rate (2 s)", highlight=False)
-    probe = matmul_rate()
+    q = recipe.model.quantization
+    compute = q.compute_dtype if q.bits == 4 else recipe.model.dtype  # resolved above: no `auto` left
+    console.print(f"measuring the {compute} matmul rate (2 s)", highlight=False)
+    probe = matmul_rate(dtype=compute)
     work = Path(tempfile.mkdtemp(prefix=f"peftkit-bench-{name}-"))
     runs: dict[str, list[RouteRun]] = {"peftkit": [], vs: []}
     rows: dict[str, list[dict]] = {"peftkit": [], vs: []}

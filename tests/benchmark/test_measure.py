@@ -60,4 +60,6 @@ def test_peak_memory_and_matmul_probe():
     assert kind == "rss_peak" and mb > 50  # torch alone is more than that
     probe = matmul_rate(seconds=0.05, size=128)
     assert probe.gflops > 0 and math.isfinite(probe.gflops) and probe.dtype == "bfloat16"
+    fp32 = matmul_rate(seconds=0.05, size=128, dtype="float32")  # the dtype a run computes in, e.g. fp32 on CPUs
+    assert fp32.dtype == "float32" and fp32.gflops > 0  # without native bf16
     assert probe.threads == torch.get_num_threads()
