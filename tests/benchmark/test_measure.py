@@ -11,10 +11,10 @@ from peftkit.benchmark.measure import (
     flops_per_token,
     matmul_rate,
     model_shape,
-    peak_memory_mb,
     steady_rates,
     tail_mean,
 )
+from peftkit.hardware import peak_memory_mb
 
 
 def test_steady_rates_leave_out_the_warmup():
