@@ -188,3 +188,15 @@ def test_resume_without_checkpoint_is_one_line(assets, tmp_path):
     base, data = assets
     with pytest.raises(RunDirError, match="no valid checkpoint"):
         peftkit.train(tiny_recipe(base, data, tmp_path / "nothing"), resume=True)
+
+
+def test_data_report_and_metrics_count_trained_tokens_alike(assets, tmp_path):
+    """One epoch exactly (18 training rows, 3 steps of 6): meta.json's data report and metrics.json's training
+    totals are the same count (peftkit.modeling.tokens.trained_tokens), over the same rows."""
+    base, data = assets
+    result = peftkit.train(tiny_recipe(base, data, tmp_path / "run", train={"max_steps": 3, "batch_size": 6},
+                                       eval={"before": False}))
+    meta = json.loads((result.run_dir / "meta.json").read_text())
+    assert meta["data"]["train"]["examples"] == 18
+    assert meta["data"]["train"]["trained_tokens"] == result.metrics.train.trained_tokens > 0
+    assert meta["data"]["train"]["tokens"] == result.metrics.train.tokens
