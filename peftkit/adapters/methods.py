@@ -36,11 +36,16 @@ def _lora(spec: AdapterSpec, common: dict, total_steps: int | None) -> PeftConfi
     )
 
 
+def adalora_init_rank(spec: AdapterSpec) -> int:
+    """The rank every AdaLoRA layer starts with (and is sized for) before pruning down to `rank`."""
+    return spec.adalora_init_rank or max(spec.rank, round(1.5 * spec.rank))
+
+
 def _adalora(spec: AdapterSpec, common: dict, total_steps: int | None) -> PeftConfig:
     if not total_steps:
         raise ValueError("attach_adapter(..., total_steps=train.max_steps) is required for adalora")
     return AdaLoraConfig(
-        target_r=spec.rank, init_r=spec.adalora_init_rank or max(spec.rank, round(1.5 * spec.rank)),
+        target_r=spec.rank, init_r=adalora_init_rank(spec),
         lora_alpha=spec.alpha, lora_dropout=spec.dropout, tinit=spec.adalora_tinit, tfinal=spec.adalora_tfinal,
         deltaT=spec.adalora_delta_t, total_step=total_steps, **common,
     )

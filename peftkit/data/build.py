@@ -16,7 +16,7 @@ from ..errors import DataError, Problem, RecipeError
 from ..modeling.tokens import trained_tokens
 from ..recipe.schema.data import DataSpec, task_format_problem
 from .bundle import DataBundle, DataReport, RowProblem, SplitReport
-from .formats import RenderPlan, col, render_row, text_field
+from .formats import RenderPlan, col, render_row, row_problem
 from .sources import Loaded, Record, load_source
 from .templates import TemplateProblem, has_chat_template, resolve_chat_format, stop_token_ids
 from .tokenize import bos_text, chunk_documents, encode_classification, encode_rendered
@@ -163,12 +163,12 @@ def _builtin(spec: DataSpec, seed: int) -> tuple[_Rows, _Rows]:
             _Rows([Record(r, file, i) for i, r in enumerate(data.eval, 1)]))
 
 
-def _problem(spec: DataSpec, rec: Record, e: RowProblem, tally: _Tally, reasons: list[str]) -> None:
+def _problem(spec: DataSpec, rec: Record, why: str, tally: _Tally, reasons: list[str]) -> None:
     if spec.on_bad_row == "error":
-        raise DataError(rec.file, str(e), row=rec.row) from None
+        raise DataError(rec.file, why, row=rec.row)
     tally.skipped += 1
     if len(reasons) < 5:
-        reasons.append(f"{rec.file}, row {rec.row}: {e}")
+        reasons.append(f"{rec.file}, row {rec.row}: {why}")
 
 
 # ---- per format
@@ -179,10 +179,14 @@ def _generative(spec, tokenizer, plan, rows: _Rows, reasons, *, with_prompt: boo
     for rec in rows.records:
         if limit is not None and len(out) >= limit:
             break
-        try:
-            rendered = render_row(rec.data, spec, plan, tokenizer)
-        except RowProblem as e:
-            _problem(spec, rec, e, tally, reasons)
+        why = row_problem(rec.data, spec)
+        if why is None:
+            try:
+                rendered = render_row(rec.data, spec, plan, tokenizer)
+            except RowProblem as e:  # what depends on the template: an input with no {input}, a chat it refuses
+                why = str(e)
+        if why is not None:
+            _problem(spec, rec, why, tally, reasons)
             continue
         enc = encode_rendered(rendered, tokenizer, max_length=spec.max_length,
                               train_on_inputs=spec.train_on_inputs, with_prompt=with_prompt)
@@ -198,10 +202,11 @@ def _completion(spec, tokenizer, train: _Rows, evals: _Rows, sources, reasons, s
     def texts(rows: _Rows, tally: _Tally) -> list[str]:
         out = []
         for rec in rows.records:
-            try:
-                out.append(text_field(rec.data, col(spec, "text")))
-            except RowProblem as e:
-                _problem(spec, rec, e, tally, reasons)
+            why = row_problem(rec.data, spec)
+            if why is None:
+                out.append(rec.data[col(spec, "text")])
+            else:
+                _problem(spec, rec, why, tally, reasons)
         return out
 
     t_train, t_eval = _Tally(skipped=train.skipped), _Tally(skipped=evals.skipped)
@@ -231,13 +236,14 @@ def _classification(spec, tokenizer, train: _Rows, evals: _Rows, sources, reason
         for rec in rows.records:
             if limit is not None and len(out) >= limit:
                 break
-            try:
-                text = text_field(rec.data, col(spec, "text"))
-                pair = text_field(rec.data, col(spec, "text_pair"), required="text_pair" in spec.columns)
-                label = _label_id(rec.data, label_key, index, names)
-            except RowProblem as e:
-                _problem(spec, rec, e, tally, reasons)
+            why = row_problem(rec.data, spec)
+            label = None if why else _label_id(rec.data[label_key], index, names)
+            if why is None and label is None:
+                why = f"label {rec.data[label_key]!r} is not one of {', '.join(names)}"
+            if why is not None:
+                _problem(spec, rec, why, tally, reasons)
                 continue
+            text, pair = rec.data[col(spec, "text")], rec.data.get(col(spec, "text_pair"))
             enc = encode_classification(text, pair, label, tokenizer, max_length=spec.max_length)
             tally.add(enc.row, enc.truncated)
             out.append(enc.row)
@@ -262,15 +268,11 @@ def _label_names(values: list) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
-def _label_id(row: dict, key: str, index: dict[str, int], names: tuple[str, ...]) -> int:
-    if key not in row or row[key] is None or str(row[key]).strip() == "":
-        raise RowProblem(f"missing field '{key}'")
-    value = row[key]
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise RowProblem(f"field '{key}' should be a label (text or integer), got {type(value).__name__}")
+def _label_id(value: int | str, index: dict[str, int], names: tuple[str, ...]) -> int | None:
+    """The class id of a label row_problem accepted; None when it names no class."""
     text = str(value).strip()
     if text in index:
         return index[text]
     if _INTEGER.fullmatch(text) and 0 <= int(text) < len(names):
         return int(text)  # integer ids with data.label_names given as their names
-    raise RowProblem(f"label {value!r} is not one of {', '.join(names)}")
+    return None

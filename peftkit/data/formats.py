@@ -1,5 +1,6 @@
 """One input row -> a rendered example, per `data.format`. Every check raises RowProblem with a short reason;
-the builder adds the file and row (or counts a skip)."""
+the builder adds the file and row (or counts a skip). `row_problem` is the check that needs no tokenizer:
+build_data applies it to every row before rendering, preflight to the first rows of each file."""
 
 from __future__ import annotations
 
@@ -57,6 +58,40 @@ def text_field(row: dict, key: str, *, required: bool = True) -> str | None:
     if not isinstance(value, str):
         raise RowProblem(f"field '{key}' should be text, got {type(value).__name__}")
     return value
+
+
+def row_problem(row: dict, spec: DataSpec) -> str | None:
+    """Why this row cannot be used in `spec.format` (None when it can): a required field missing, null or not
+    text, a blank response, a chat that does not validate, a classification label that is absent or not text or
+    an integer. What only a template can tell (a row's input with no {input} to put it in) and whether a label
+    is one of the label names are left to the builder."""
+    try:
+        if spec.format == "chat":
+            chat_messages(row, spec)
+        elif spec.format == "alpaca":  # fields in the order render_row reads them
+            text_field(row, col(spec, "instruction"))
+            text_field(row, col(spec, "input"), required=False)
+            _response(row, col(spec, "output"))
+        elif spec.format == "prompt_completion":
+            text_field(row, col(spec, "prompt"))
+            _response(row, col(spec, "completion"))
+        elif spec.format == "completion":
+            text_field(row, col(spec, "text"))
+        elif spec.format == "classification":
+            text_field(row, col(spec, "text"))
+            text_field(row, col(spec, "text_pair"), required="text_pair" in spec.columns)
+            _label(row, col(spec, "label"))
+    except RowProblem as e:
+        return str(e)
+    return None
+
+
+def _label(row: dict, key: str) -> None:
+    if key not in row or row[key] is None or str(row[key]).strip() == "":
+        raise RowProblem(f"missing field '{key}'")
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise RowProblem(f"field '{key}' should be a label (text or integer), got {type(value).__name__}")
 
 
 def render_row(row: dict, spec: DataSpec, plan: RenderPlan, tokenizer) -> Rendered:

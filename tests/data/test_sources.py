@@ -1,4 +1,5 @@
-"""Reading every supported source, and bad input reported as one line naming the file and row."""
+"""Reading every supported source, and bad input reported as one line naming the file and row; peek_rows reads the
+first rows with the same readers, and row_problem is the row check build_data applies."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import json
 
 import pytest
 
-from peftkit.data.sources import load_source
+from peftkit.data import build_data
+from peftkit.data.bundle import RowProblem
+from peftkit.data.formats import row_problem
+from peftkit.data.sources import load_source, peek_rows
 from peftkit.errors import DataError
+from peftkit.recipe.schema import DataSpec
 
 ROWS = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]
 
@@ -108,3 +113,123 @@ def test_saved_dataset_folder(tmp_path):
 
     datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
     assert [r.data for r in load(tmp_path, "saved").records] == ROWS
+
+
+# ---- peek_rows: the first rows, by the same readers
+
+
+def write(p, rows):
+    """rows as each file type holds them (every value text, so csv/tsv read back equal)."""
+    name = p.name
+    if name.endswith(".json"):
+        p.write_text(json.dumps(rows))
+    elif ".jsonl" in name:
+        text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        p.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    elif ".csv" in name or ".tsv" in name:
+        sep = "\t" if ".tsv" in name else ","
+        text = "".join(sep.join(r.values()) + "\n" for r in [{k: k for k in rows[0]}, *rows]).encode()
+        p.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    elif name.endswith(".txt"):
+        p.write_text("".join(r["text"] + "\n\n" for r in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), p)
+
+
+@pytest.mark.parametrize("name", ["d.json", "d.jsonl", "d.jsonl.gz", "d.csv", "d.tsv.gz", "d.parquet", "d.txt"])
+def test_peek_is_the_start_of_the_full_load(tmp_path, name):
+    rows = [{"text": f"row {i}"} for i in range(7)]
+    write(tmp_path / name, rows)
+    full = [(r.row, r.data) for r in load(tmp_path, name).records]
+    spec = DataSpec(format="completion" if name == "d.parquet" else "prompt_completion", path=name)
+    assert peek_rows(tmp_path / name, spec, 3) == full[:3]
+    assert peek_rows(tmp_path / name, spec, 50) == full
+
+
+def test_peek_stops_reading_at_its_rows(tmp_path):
+    """A gzip stream cut short after the first rows: the full load fails on it, the peek never gets there."""
+    body = gzip.compress("".join(json.dumps({"n": i}) + "\n" for i in range(5000)).encode())
+    (tmp_path / "d.jsonl.gz").write_bytes(body[: len(body) // 2])
+    spec = DataSpec(format="completion", path="d.jsonl.gz")
+    assert [row for row, _ in peek_rows(tmp_path / "d.jsonl.gz", spec, 3)] == [1, 2, 3]
+    with pytest.raises(DataError, match="d.jsonl.gz: cannot read: Compressed file ended") as err:
+        load(tmp_path, "d.jsonl.gz")
+    assert "\n" not in str(err.value)
+
+
+def test_peek_keeps_bad_lines_in_place_with_the_full_loads_reason(tmp_path):
+    (tmp_path / "d.jsonl").write_bytes(b'{"a": 1}\n[1]\n{"a": \n{"a": 2}\n')
+    peeked = peek_rows(tmp_path / "d.jsonl", DataSpec(format="prompt_completion", path="d.jsonl"), 5)
+    assert [(row, type(v).__name__) for row, v in peeked] == [(1, "dict"), (2, "RowProblem"), (3, "RowProblem"),
+                                                              (4, "dict")]
+    loaded = load(tmp_path, "d.jsonl", skip_bad=True)
+    assert [f"row {row}: {v}" for row, v in peeked if isinstance(v, RowProblem)] == [
+        reason.split(", ", 1)[1] for reason in loaded.reasons]
+
+
+def test_peek_leaves_a_large_json_document_to_the_full_load(tmp_path, monkeypatch):
+    write(tmp_path / "d.json", ROWS)
+    monkeypatch.setattr("peftkit.data.sources.JSON_PEEK_LIMIT", 10)
+    assert peek_rows(tmp_path / "d.json", DataSpec(format="alpaca", path="d.json"), 5) is None
+
+
+def test_peek_of_whole_text_reads_up_to_its_first_line(tmp_path):
+    (tmp_path / "t.txt").write_text("\n\nfirst\nsecond\n")
+    spec = DataSpec(format="completion", path="t.txt")
+    assert peek_rows(tmp_path / "t.txt", spec, 5) == [(1, {"text": "first"})]
+    assert load(tmp_path, "t.txt", whole_text=True).records[0].data == {"text": "\n\nfirst\nsecond\n"}
+
+
+@pytest.mark.parametrize("name, body, message", [
+    ("d.csv", b"a,b\r1,2\r3,\xff\r", "not UTF-8 text (invalid start byte at byte 10)"),  # old Mac line ends
+    ("d.txt", b"   \n\t\n", "file is empty"),
+    ("d.jsonl.gz", b"not gzip", "cannot read: Not a gzipped file (b'no')"),
+])
+def test_file_faults_are_the_same_for_peek_and_load(tmp_path, name, body, message):
+    (tmp_path / name).write_bytes(body)
+    with pytest.raises(DataError) as full:
+        load(tmp_path, name)
+    with pytest.raises(DataError) as peek:
+        peek_rows(tmp_path / name, DataSpec(format="completion", path=name), 2)
+    assert str(full.value) == str(peek.value) == f"{tmp_path / name}: {message}"
+
+
+def test_a_byte_past_the_first_chunk_is_named_by_its_place_in_the_file(tmp_path):
+    (tmp_path / "d.txt").write_bytes(b"ok\n" * 5000 + b"\xc3")
+    with pytest.raises(DataError, match=r"not UTF-8 text \(unexpected end of data at byte 15000\)"):
+        load(tmp_path, "d.txt")
+
+
+def test_line_numbers_follow_str_splitlines(tmp_path):
+    (tmp_path / "t.txt").write_text("a\u2028b\r\nc\rd\n\ne")
+    assert [(r.row, r.data["text"]) for r in load(tmp_path, "t.txt").records] == [
+        (1, "a"), (2, "b"), (3, "c"), (4, "d"), (6, "e")]
+
+
+# ---- row_problem: the check build_data applies to every row
+
+
+@pytest.mark.parametrize("fmt, row, why", [
+    ("alpaca", {"instruction": "i", "output": " "}, "field 'output' is empty: nothing to train"),
+    ("alpaca", {"instruction": "i", "input": 3, "output": "o"}, "field 'input' should be text, got int"),
+    ("prompt_completion", {"completion": "c"}, "missing field 'prompt'"),
+    ("chat", {"messages": [{"role": "user", "content": "hi"}]}, "conversation has no assistant turn"),
+    ("completion", {"text": None}, "field 'text' is null"),
+    ("classification", {"text": "t", "label": " "}, "missing field 'label'"),
+    ("classification", {"text": "t", "label": 1.5}, "field 'label' should be a label (text or integer), got float"),
+])
+def test_row_problem_is_the_reason_build_data_gives(tmp_path, fake_tokenizer, fmt, row, why):
+    good = {"alpaca": {"instruction": "i", "output": "o"}, "prompt_completion": {"prompt": "p", "completion": "c"},
+            "chat": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+            "completion": {"text": "t"}, "classification": {"text": "t", "label": "pos"}}[fmt]
+    (tmp_path / "d.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    spec = DataSpec(format=fmt, path=str(tmp_path / "d.jsonl"))
+    assert row_problem(good, spec) is None
+    assert row_problem(row, spec).startswith(why)
+    task = "sequence_classification" if fmt == "classification" else "causal_lm"
+    with pytest.raises(DataError) as err:
+        build_data(spec, fake_tokenizer, seed=0, task=task)
+    assert str(err.value) == f"{tmp_path / 'd.jsonl'}, row 2: {row_problem(row, spec)}"

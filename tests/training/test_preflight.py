@@ -13,6 +13,7 @@ import pytest
 from support.tiny_run import make_tokenizer, write_chat
 from transformers import LlamaConfig
 
+from peftkit.adapters.estimate import base_shape, estimate_adapter_params
 from peftkit.data import build_data
 from peftkit.errors import DataError, ModelError, PeftkitError, RecipeError, RunDirError
 from peftkit.recipe import Recipe, recipe_from_dict
@@ -85,6 +86,13 @@ def test_adapter_estimate_bounds_the_real_lora_from_above(tmp_path, base, data):
     attention = preflight(tiny_recipe(base, data, tmp_path / "run", adapter={"targets": "attention"}),
                           tmp_path / "run", resume=False)
     assert attention.adapter_bytes < report.adapter_bytes
+
+
+def test_size_is_the_adapters_layer_estimate(tmp_path, base, data):
+    recipe = tiny_recipe(base, data, tmp_path / "run", adapter={"method": "oft", "rank": 16, "block_size": 16})
+    shape = base_shape(json.loads((base / "config.json").read_text()))
+    assert preflight(recipe, tmp_path / "run", resume=False).adapter_bytes == 4 * estimate_adapter_params(
+        recipe.adapter, shape)
 
 
 def test_run_dir_under_a_regular_file_is_not_writable(tmp_path, base, data):
@@ -258,6 +266,15 @@ def test_first_rows_by_file_type(tmp_path, base, name, body, row, message):
     with pytest.raises(DataError) as err:
         preflight(recipe, tmp_path / "run", resume=False)
     assert err.value.file == str(path) and err.value.row == row and message in one_line(err.value)
+
+
+def test_a_json_document_too_big_to_parse_twice_is_left_to_build_data(tmp_path, base, monkeypatch):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"prompt": "a"}]))  # a bad row, not looked at
+    monkeypatch.setattr("peftkit.data.sources.JSON_PEEK_LIMIT", 4)
+    report = preflight(tiny_recipe(base, path, tmp_path / "run", data={"format": "prompt_completion"}),
+                       tmp_path / "run", resume=False)
+    assert report.data_files == (str(path),) and report.rows_checked == 0
 
 
 def test_folder_of_files_and_empty_folder(tmp_path, base, data):
