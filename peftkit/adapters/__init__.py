@@ -3,6 +3,7 @@
     targets.py       presets / names / layers -> module names     methods.py   spec -> PEFT config per method
     attach.py        attach_adapter (fp32 adapter weights)        loftq.py     LoftQ start on a 4-bit base
     optimization.py  LoRA+ groups, AdaLoRA per-step hook          report.py    trainable / total parameters
+    estimate.py      trainable parameters from config.json alone (preflight's disk check, before any weights load)
 """
 
 from .attach import attach_adapter
