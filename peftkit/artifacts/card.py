@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..recipe import recipe_to_yaml
-from ..rundir import RunInfo
+from ..rundir import BaseInfo, RunInfo
 
 
 def adapter_card(run: RunInfo) -> str:
@@ -120,9 +120,9 @@ def _eval_lines(ev: dict) -> list[str]:
     return lines
 
 
-def _base_hint(recipe, base: dict) -> str:
+def _base_hint(recipe, base: BaseInfo) -> str:
     # A zoo alias is not a hub id: point at the folder peftkit converted it into.
-    return base.get("resolved") or recipe.model.base
+    return base.resolved or recipe.model.base
 
 
 def _load_kwargs(recipe) -> str:

@@ -66,8 +66,9 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
         },
         "defaults": {
             "trainer": "peftkit.train",
-            "gradient_checkpointing": gc["enabled"] if ran.train.gradient_checkpointing != "auto"
-            else f"{gc['enabled']} ({gc['why']})",
+            # the recipe the run wrote has no `auto` left; meta.json keeps whether it was auto, and why
+            "gradient_checkpointing": f"{gc['enabled']} ({gc['why']})" if gc["why"].startswith("auto")
+            else gc["enabled"],
             "mixed_precision": ran.train.mixed_precision,
             "adapter_dtype": "float32",
             "attn_implementation": ran.model.attn_implementation,  # resolved by training.choices
