@@ -7,6 +7,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from types import SimpleNamespace
 
+import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
@@ -118,3 +119,16 @@ def test_fp16_overflow_is_skipped_not_fatal_and_the_scale_drops():
     assert scheduler.last_epoch == 3  # advanced on the 3 real steps only
     assert state.micro_batches == 3 + state.overflows  # the overflowed batches were consumed, not retried
     assert all(torch.isfinite(p).all() for p in params)
+
+
+def test_sharded_engines_are_refused_naming_ddp():
+    from accelerate.utils import DistributedType
+
+    from peftkit.errors import PeftkitError
+    from peftkit.training.trainer import _refuse_sharded
+
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(PeftkitError, match=f"{kind.value} is not supported.*DDP"):
+            _refuse_sharded(SimpleNamespace(distributed_type=kind))
+    for kind in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        _refuse_sharded(SimpleNamespace(distributed_type=kind))
