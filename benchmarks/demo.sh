@@ -35,6 +35,7 @@ row = {
     "exact_match_before": metrics["eval"]["before"]["exact_match"],
     "exact_match_after": metrics["eval"]["after"]["exact_match"],
     "held_out_examples": metrics["eval"]["examples"],
+    "train_steps": metrics["train"]["steps"],
     "train_s": round(metrics["train"]["train_s"], 1),
     "tokens_per_s": round(metrics["train"]["tokens_per_s"], 1),
     "eval_share": round(metrics["train"]["eval_share"], 3),
@@ -48,14 +49,14 @@ path = out / "demo.json"
 old = json.loads(path.read_text()) if path.is_file() else {}
 rows = [r for r in old.get("runs", []) if r.get("label") != label] + [row]
 path.write_text(json.dumps({"script": "benchmarks/demo.sh", "runs": rows}, indent=2) + "\n")
-lines = ["| run | make demo wall clock | exact match before -> after | train s | tokens/s | eval share | precision "
+lines = ["| run | make demo wall clock | exact match before -> after | steps | train s | tokens/s | eval share | precision "
          "(weights / 4-bit compute / autocast) | CPU, flags |",
-         "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
+         "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |"]
 for r in rows:
     p = r["precision"]
     m, s = divmod(r["wall_clock_s"], 60)
     lines.append(f"| {r['label']} | {int(m)} min {s:.0f} s | {r['exact_match_before']:.2f} -> "
-                 f"{r['exact_match_after']:.2f} ({r['held_out_examples']} held out) | {r['train_s']} | "
+                 f"{r['exact_match_after']:.2f} ({r['held_out_examples']} held out) | {r.get('train_steps', '?')} | {r['train_s']} | "
                  f"{r['tokens_per_s']} | {r['eval_share']:.0%} | {p['model_dtype']} / {p['compute_dtype']} / "
                  f"{p['mixed_precision']} | {r['cpu']}, {r['cores']} cores: {' '.join(r['cpu_flags'])} |")
 (out / "demo.md").write_text("\n".join(lines) + "\n\nReproduce: `bash benchmarks/demo.sh` (see its header).\n")

@@ -44,7 +44,12 @@ def _header(r: dict) -> list[str]:
            f"alternating ({' '.join(m['order'])}); medians shown. Token rates leave out the first "
            f"{m['warmup_steps_excluded']} step(s) of each run (warm-up). Peak memory: "
            f"{'CUDA max_memory_allocated' if cuda else 'peak RSS of the route process'}.")
-    where = (f"Machine: {mach['gpu'] or mach['cpu']}, {mach['torch_threads']} torch threads; torch {v.get('torch')}, "
+    isa = " ".join(f for f, on in (mach.get("cpu_isa") or {}).items() if on) or "not recorded"
+    prec = r.get("precision") or {}
+    chosen = "/".join(str((prec.get(k) or {}).get("value", "?")) for k in ("model_dtype", "compute_dtype",
+                                                                           "mixed_precision"))
+    where = (f"Machine: {mach['gpu'] or mach['cpu']} (CPU flags: {isa}), {mach['torch_threads']} torch threads; "
+             f"recipe precision (weights/4-bit compute/autocast): {chosen}; torch {v.get('torch')}, "
              f"transformers {v.get('transformers')}, peft {v.get('peft')}, trl {v.get('trl')}, bitsandbytes "
              f"{v.get('bitsandbytes')}; load average {_loads(mach.get('load_average'))} before, "
              f"{_loads(mach.get('load_average_after'))} after; {r['created_utc']}.")
