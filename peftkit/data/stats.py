@@ -42,7 +42,7 @@ def compute_stats(bundle: DataBundle, *, batch_size: int, split: str = "train",
         split=split,
         examples=len(rows),
         tokens=sum(lengths),
-        trained_tokens=sum(_trained(r) for r in rows),
+        trained_tokens=sum(trained_tokens(r["labels"]) for r in rows),
         truncated=report.truncated,
         dropped=report.dropped,
         skipped=report.skipped,
@@ -59,11 +59,6 @@ def _label_counts(rows: list[dict], names: tuple[str, ...] | None) -> dict[str, 
         return None
     counts = Counter(r["labels"] for r in rows)
     return {name: counts.get(i, 0) for i, name in enumerate(names)}
-
-
-def _trained(row: dict) -> int:
-    labels = row["labels"]
-    return trained_tokens(labels)
 
 
 def percentiles(lengths: list[int]) -> dict[str, int]:

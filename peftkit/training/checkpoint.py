@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import RunDirError
 from .loop import FitState
+from .ranks import Ranks
 
 FILES = ("adapter.safetensors", "optimizer.pt", "rng.pt")
 
@@ -60,19 +61,6 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def rng_file(rank: int) -> str:
     return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
-
-
-class Ranks:
-    """Who this process is among the run's processes, and a barrier; one process by default."""
-
-    def __init__(self, accelerator=None):
-        self.rank = accelerator.process_index if accelerator else 0
-        self.main = self.rank == 0
-        self._acc = accelerator if accelerator and accelerator.num_processes > 1 else None
-
-    def wait(self) -> None:
-        if self._acc is not None:
-            self._acc.wait_for_everyone()
 
 
 def save_checkpoint(

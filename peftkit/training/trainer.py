@@ -28,13 +28,14 @@ from ..rundir import (
     write_atomic, write_record,
 )
 from .batches import Batches
-from .checkpoint import Ranks, latest_valid, load_checkpoint, save_checkpoint
+from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from .interrupt import GracefulStop
 from .loop import FitState, fit
 from .choices import resolve, resolve_precision
 from .optim import build_optimizer, build_scheduler
 from .preflight import preflight
 from .progress import TrainProgress
+from .ranks import Ranks
 
 
 @dataclass(frozen=True)
