@@ -63,6 +63,9 @@ class Meta(_Record):
     params: dict[str, int] = {}
     gradient_checkpointing: dict[str, Any] = {}
     packing: bool = False
+    objective: str = "sft"
+    reference: dict[str, Any] = {}  # preference runs: mode (adapter_off | precomputed | none), the model, why
+    init_from: str | None = None    # adapter.init_from: the run whose adapter this one started from
 
 
 class TrainMetrics(BaseModel):

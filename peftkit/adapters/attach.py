@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
 
 from ..errors import Problem, RecipeError
 from ..recipe.schema import AdapterSpec
+from ..recipe.schema.adapter import LORA_FAMILY
 from .loftq import loftq_init
 from .methods import peft_config
 from .targets import resolve_targets
@@ -39,6 +41,42 @@ def attach_adapter(
                                          "silently use 1 here): set it to 1 on CPU", spec.butterfly_factor, True)])
     if spec.method in ("oft", "boft"):
         _check_block_size(spec, model)
+    if spec.init_from:
+        peft_model = _from_run(model, spec)
+    else:
+        peft_model = _new(model, spec, task, total_steps)
+    for name, p in peft_model.named_parameters():
+        if ".ranknum." in name:
+            # AdaLoRA's rank counter is a constant; PEFT's fp32 upcast of a bf16 model re-creates it as a
+            # trainable Parameter, and it is not saved, so training it would make the saved adapter disagree
+            p.requires_grad_(False)
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return peft_model
+
+
+def init_from_dir(spec: AdapterSpec) -> Path:
+    """The adapter folder adapter.init_from names: a run directory's adapter/, or an adapter folder itself."""
+    folder = Path(spec.init_from)
+    for candidate in (folder / "adapter", folder):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise RecipeError(None, [Problem("adapter.init_from", "holds no trained adapter (looked for "
+                                     "adapter/adapter_config.json and adapter_config.json)", spec.init_from, True)])
+
+
+def _from_run(model: torch.nn.Module, spec: AdapterSpec) -> PeftModel:
+    folder = init_from_dir(spec)
+    config = PeftConfig.from_pretrained(str(folder))
+    kind = config.peft_type.value.lower()
+    family = "lora" if spec.method in LORA_FAMILY else spec.method
+    if kind != family:
+        raise RecipeError(None, [Problem("adapter.init_from", f"its adapter is {kind}, the recipe's adapter.method "
+                                         f"is {spec.method}: set adapter.method: {kind}", spec.init_from, True)])
+    return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+
+
+def _new(model: torch.nn.Module, spec: AdapterSpec, task: str, total_steps: int | None) -> PeftModel:
     config = peft_config(spec, model, task=task, total_steps=total_steps)
     try:
         peft_model = get_peft_model(model, config)
@@ -49,11 +87,4 @@ def attach_adapter(
                                          spec.method, True)]) from None
     if spec.init == "loftq":
         loftq_init(peft_model)
-    for name, p in peft_model.named_parameters():
-        if ".ranknum." in name:
-            # AdaLoRA's rank counter is a constant; PEFT's fp32 upcast of a bf16 model re-creates it as a
-            # trainable Parameter, and it is not saved, so training it would make the saved adapter disagree
-            p.requires_grad_(False)
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
     return peft_model

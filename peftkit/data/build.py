@@ -14,12 +14,13 @@ from pathlib import Path
 
 from ..errors import DataError, Problem, RecipeError
 from ..modeling.tokens import trained_tokens
-from ..recipe.schema.data import DataSpec, task_format_problem
-from .bundle import DataBundle, DataReport, RowProblem, SplitReport
+from ..recipe.schema.data import PREFERENCE_FORMATS, DataSpec, task_format_problem
+from .bundle import DataBundle, DataReport, RowProblem, SplitReport, sequences
 from .formats import RenderPlan, col, render_row, row_problem
+from .pairs import preference_parts, render_answer
 from .sources import Loaded, Record, load_source
 from .templates import TemplateProblem, has_chat_template, resolve_chat_format, stop_token_ids
-from .tokenize import bos_text, chunk_documents, encode_classification, encode_rendered
+from .tokenize import bos_text, chunk_documents, encode_classification, encode_preference, encode_rendered
 
 CLASSIFICATION_TASKS = ("classification", "sequence_classification")
 
@@ -35,9 +36,9 @@ class _Tally:
 
     def add(self, row: dict, truncated: bool) -> None:
         self.examples += 1
-        self.tokens += len(row["input_ids"])
-        labels = row["labels"]
-        self.trained += trained_tokens(labels)
+        for seq in sequences(row):
+            self.tokens += len(seq["input_ids"])
+            self.trained += trained_tokens(seq["labels"])
         self.truncated += int(truncated)
 
     def freeze(self) -> SplitReport:
@@ -65,6 +66,12 @@ def build_data(spec: DataSpec, tokenizer, *, seed: int, task: str = "causal_lm",
         bundle = _classification(spec, tokenizer, train, evals, sources, reasons)
     elif spec.format == "completion":
         bundle = _completion(spec, tokenizer, train, evals, sources, reasons, seed)
+    elif spec.format in PREFERENCE_FORMATS:
+        plan = _plan(spec, tokenizer, source_file)
+        t_train, rows_train = _preference(spec, tokenizer, plan, train, reasons, with_prompt=False, limit=spec.limit)
+        t_eval, rows_eval = _preference(spec, tokenizer, plan, evals, reasons, with_prompt=True, limit=None)
+        report = DataReport(t_train.freeze(), t_eval.freeze(), spec.format, plan.name, None, tuple(reasons), sources)
+        bundle = DataBundle(rows_train, rows_eval, report, None, stop_token_ids(tokenizer, plan.chat))
     else:
         plan = _plan(spec, tokenizer, source_file)
         t_train, rows_train = _generative(spec, tokenizer, plan, train, reasons, with_prompt=False, limit=spec.limit)
@@ -94,7 +101,7 @@ def _check_task(spec: DataSpec, task: str, source_file: str | None) -> None:
 
 def _plan(spec: DataSpec, tokenizer, source_file: str | None) -> RenderPlan:
     template = spec.prompt_template
-    if spec.format == "alpaca" and template is None:
+    if spec.format in ("alpaca", *PREFERENCE_FORMATS) and template is None:
         template = "chat" if spec.chat_template != "auto" or has_chat_template(tokenizer) else "alpaca"
     use_chat = spec.format == "chat" or template == "chat"
     try:
@@ -195,6 +202,27 @@ def _generative(spec, tokenizer, plan, rows: _Rows, reasons, *, with_prompt: boo
             continue
         tally.add(enc.row, enc.truncated)
         out.append(enc.row)
+    return tally, out
+
+
+def _preference(spec, tokenizer, plan, rows: _Rows, reasons, *, with_prompt: bool, limit: int | None):
+    tally, out = _Tally(skipped=rows.skipped), []
+    for rec in rows.records:
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            parts = preference_parts(rec.data, spec)
+            rendered = [render_answer(parts.prompt, a, plan, tokenizer) for a in parts.answers]
+            enc = encode_preference(rendered, parts.desirable, tokenizer, max_length=spec.max_length,
+                                    with_prompt=with_prompt)
+        except RowProblem as e:
+            _problem(spec, rec, str(e), tally, reasons)
+            continue
+        if enc.row is None:
+            tally.dropped += 1
+            continue
+        tally.add(enc.row, enc.truncated)
+        out.append({**enc.row, "index": len(out)})  # numbers the split's answers (collate_pairs)
     return tally, out
 
 

@@ -2,7 +2,8 @@
 
 `person-extraction` is the quickstart task: a sentence about a person -> a JSON record with fixed keys in a
 fixed order. The base model cannot guess the exact keys and layout; a LoRA adapter learns them in a few
-hundred steps, so exact match before/after shows that training worked.
+hundred steps, so exact match before/after shows that training worked. `person-preference` pairs the same kind
+of prompt with its correct record (chosen) and a subtly wrong one (rejected): preference tuning's demo task.
 """
 
 from __future__ import annotations
@@ -82,9 +83,39 @@ def person_extraction(n_train: int, n_eval: int, seed: int) -> BuiltinData:
     return BuiltinData(train=rows[n_eval:], eval=rows[:n_eval], format="chat")
 
 
+def _subtly_wrong(record: dict, rng: random.Random) -> dict:
+    """The same record with one field wrong in a way a reader checking the sentence would catch."""
+    wrong = dict(record)
+    field = rng.choice(("name", "age", "city", "occupation"))
+    if field == "age":
+        wrong["age"] = record["age"] + rng.choice((-3, -2, -1, 1, 2, 3))
+    elif field == "name":
+        first, last = record["name"].split(" ")
+        wrong["name"] = f"{last} {first}" if rng.random() < 0.5 else first
+    else:
+        pool = CITIES if field == "city" else JOBS
+        wrong[field] = rng.choice([x for x in pool if x != record[field]])
+    return wrong
+
+
+def person_preference(n_train: int, n_eval: int, seed: int) -> BuiltinData:
+    """The quickstart's prompts with a correct record (chosen) and one with a single wrong field (rejected). The
+    SFT task's own sentences are not reused: the seed is offset, and the eval prompts are disjoint from training."""
+    sft = person_extraction(n_train, n_eval, seed + 1)
+    rng = random.Random(seed)
+
+    def pair(row: dict) -> dict:
+        user, answer = row["messages"]
+        record = json.loads(answer["content"])
+        return {"prompt": [user], "chosen": answer["content"], "rejected": json.dumps(_subtly_wrong(record, rng))}
+
+    return BuiltinData(train=[pair(r) for r in sft.train], eval=[pair(r) for r in sft.eval], format="preference")
+
+
 # name -> (builder, default train size, default eval size)
 BUILTINS = {
     "person-extraction": (person_extraction, 2000, 200),
+    "person-preference": (person_preference, 2000, 200),
 }
 
 

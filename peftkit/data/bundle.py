@@ -60,13 +60,20 @@ class DataReport:
 @dataclass(frozen=True)
 class DataBundle:
     """causal_lm rows: {"input_ids", "labels"} (labels IGNORE where untrained); generative eval rows also carry
-    "prompt_ids" and "reference". classification rows: {"input_ids", "labels": int} (+ "token_type_ids")."""
+    "prompt_ids" and "reference". classification rows: {"input_ids", "labels": int} (+ "token_type_ids").
+    preference pairs: {"chosen": {"input_ids", "labels"}, "rejected": {...}, "prompt_len"}; unpaired preference
+    rows: {"input_ids", "labels", "desirable": bool, "prompt_len"}; both with "prompt_ids"/"reference" in eval."""
 
     train: list[dict]
     eval: list[dict]
     report: DataReport
     label_names: tuple[str, ...] | None
     stop_token_ids: tuple[int, ...]
+
+
+def sequences(row: dict) -> list[dict]:
+    """The token sequences of one example: a preference pair holds two (chosen, rejected), other rows are one."""
+    return [row["chosen"], row["rejected"]] if "chosen" in row else [row]
 
 
 class RowProblem(Exception):

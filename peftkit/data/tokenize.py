@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .bundle import IGNORE, Rendered
+from .bundle import IGNORE, Rendered, RowProblem
 
 
 @dataclass(frozen=True)
@@ -80,4 +80,30 @@ def encode_classification(text: str, pair: str | None, label: int, tokenizer, *,
     row = {"input_ids": list(enc["input_ids"]), "labels": int(label)}
     if "token_type_ids" in enc:
         row["token_type_ids"] = list(enc["token_type_ids"])
+    return Encoded(row, truncated)
+
+
+def encode_preference(answers: list[Rendered], desirable: bool | None, tokenizer, *, max_length: int,
+                      with_prompt: bool) -> Encoded:
+    """One prompt with its rendered answers -> a pair row (two answers) or an unpaired row (one, with
+    `desirable`). Each answer's sequence is cut to max_length on its own; the pair is dropped when either answer
+    loses every trained token. The prompt tokens are the same in every answer (checked)."""
+    encoded = [encode_rendered(r, tokenizer, max_length=max_length, train_on_inputs=False, with_prompt=True)
+               for r in answers]
+    truncated = any(e.truncated for e in encoded)
+    if any(e.row is None for e in encoded):
+        return Encoded(None, truncated)
+    prompts = [e.row.pop("prompt_ids") for e in encoded]
+    reference = encoded[0].row.pop("reference")
+    for e in encoded[1:]:
+        e.row.pop("reference")
+    if any(p != prompts[0] for p in prompts[1:]):
+        # a template that renders a prompt differently depending on the answer cannot be compared token by token
+        raise RowProblem("the answers tokenize to different prompts (the chat template depends on the answer)")
+    if desirable is None:
+        row = {"chosen": encoded[0].row, "rejected": encoded[1].row, "prompt_len": len(prompts[0])}
+    else:
+        row = {**encoded[0].row, "desirable": desirable, "prompt_len": len(prompts[0])}
+    if with_prompt:
+        row["prompt_ids"], row["reference"] = prompts[0], reference
     return Encoded(row, truncated)

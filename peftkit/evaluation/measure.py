@@ -14,6 +14,7 @@ from ..modeling.loss import causal_lm_loss, head_reads_last_hidden_state, suppor
 from ..modeling.tokens import trained_tokens
 from ..recipe.schema import EvalSpec
 from .generate import generate_batched
+from .preference import preference_metrics
 from .scoring import perplexity_from_loss, score_generations, score_labels
 
 EVAL_LOGITS_CHUNK = 256  # trained positions projected to the vocabulary at a time (~125 MB of logits for 49k)
@@ -70,12 +71,17 @@ def _classify(model, examples, collate, batch_size, device) -> tuple[list[int], 
 def measure(
     model, tokenizer, examples: list[dict], spec: EvalSpec, *, collate: Callable, batch_size: int, device,
     stop_token_ids: tuple[int, ...] = (), num_labels: int | None = None, n_samples: int = 3,
+    preference: tuple | None = None,
 ) -> Measurement:
+    """`preference`: (train spec, reference) for preference runs: the objective's loss, rewards and accuracies
+    replace the token loss (always measured; perplexity does not apply)."""
     t0 = time.perf_counter()
     examples = examples[: spec.max_examples] if spec.max_examples else examples
     metrics: dict[str, float] = {}
     samples: list[dict] = []
-    if {"loss", "perplexity"} & set(spec.metrics):
+    if preference is not None:
+        metrics.update(preference_metrics(model, examples, collate, batch_size, device, *preference))
+    elif {"loss", "perplexity"} & set(spec.metrics):
         loss = eval_loss(model, examples, collate, batch_size, device)
         metrics["loss"] = loss
         if "perplexity" in spec.metrics:

@@ -17,7 +17,7 @@ from .schema import Recipe
 
 # Keys that hold filesystem paths (and data.mix[*].path); relative values are resolved against the recipe's
 # folder, so the resolved recipe written into a run directory works from anywhere.
-PATH_KEYS = (("data", "path"), ("data", "eval_path"))
+PATH_KEYS = (("data", "path"), ("data", "eval_path"), ("adapter", "init_from"))
 MAX_DEPTH = 32  # deeper YAML is refused before deepcopy and pydantic recurse into it
 
 

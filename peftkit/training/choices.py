@@ -23,6 +23,7 @@ import torch
 from ..hardware import Hardware, Precision, choose_precision
 from ..recipe import Recipe, recipe_from_dict
 from ..recipe.schema.adapter import PROMPT_LEARNING
+from ..recipe.schema.data import PREFERENCE_FORMATS
 
 # Activations kept per token x layer x hidden unit without checkpointing, from a first-batch reading of
 # benchmarks/levers.py on SmolLM2 4-bit (an estimate for choosing, not an allocator): fp32 adapter
@@ -75,7 +76,7 @@ def choose_packing(recipe: Recipe, recompute: bool) -> bool:
     if recipe.data.packing != "auto":
         return recipe.data.packing
     return (recompute and recipe.model.task == "causal_lm" and recipe.data.format != "classification"
-            and recipe.adapter.method not in PROMPT_LEARNING)
+            and recipe.data.format not in PREFERENCE_FORMATS and recipe.adapter.method not in PROMPT_LEARNING)
 
 
 def choose_attention(setting: str, task: str, packed: bool, *, cuda: bool) -> str:
@@ -115,7 +116,8 @@ def resolve(
     """The rest, once the base's (text) `config` can be read (after preflight: reading it may pull a zoo model),
     for a recipe resolve_precision already made concrete. Returns the recipe with no `auto` left."""
     t = recipe.train
-    recompute = choose_checkpointing(t.gradient_checkpointing, batch_size=t.batch_size,
+    rows = {"sft": 1, "kto": 2}.get(t.objective, 2)  # sequences per example: a pair's two answers; kto adds mismatches
+    recompute = choose_checkpointing(t.gradient_checkpointing, batch_size=t.batch_size * rows,
                                      max_length=recipe.data.max_length, config=config, device_bytes=device_bytes)
     packing = choose_packing(recipe, recompute.enabled)
     attention = choose_attention(recipe.model.attn_implementation, recipe.model.task, packing, cuda=hw.cuda)

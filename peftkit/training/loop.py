@@ -15,6 +15,7 @@ from accelerate.utils import send_to_device
 from ..adapters import after_optimizer_step
 from ..errors import TrainingAborted
 from ..modeling.loss import causal_lm_loss, head_reads_last_hidden_state, supports_selective_logits
+from ..modeling.objective import Reference, items_in, score
 from ..modeling.tokens import trained_tokens
 from ..recipe.schema import TrainSpec
 
@@ -28,6 +29,7 @@ class StepLog:
     tokens: int          # non-pad tokens seen in this step
     trained_tokens: int  # tokens that carried loss
     elapsed_s: float     # training time so far (excludes eval and saving)
+    stats: dict = field(default_factory=dict)  # preference objectives: this step's mean rewards, margin, accuracies
 
 
 @dataclass
@@ -60,6 +62,23 @@ def _sum(accelerator: Accelerator, value: float | int) -> float:
     if accelerator.num_processes == 1:
         return value
     return accelerator.reduce(torch.tensor(float(value), dtype=torch.float64, device=accelerator.device), "sum").item()
+
+
+def _sum_dict(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1 or not values:
+        return values
+    keys = sorted(values)
+    total = accelerator.reduce(torch.tensor([values[k] for k in keys], dtype=torch.float64,
+                                            device=accelerator.device), "sum")
+    return dict(zip(keys, total.tolist()))
+
+
+def _step_stats(sums: dict[str, float], pairs: float, micro: int) -> dict[str, float]:
+    """Per-pair means of summed preference stats; kto's kl is a per-batch value, averaged over micro-batches."""
+    out = {k: v / max(pairs, 1) for k, v in sums.items() if k != "kl"}
+    if "kl" in sums:
+        out["kl"] = sums["kl"] / max(micro, 1)
+    return out
 
 
 def _optimizer_step(optimizer, scaler, loss_sum: float, grad_norm: float, state: FitState, spec: TrainSpec) -> bool:
@@ -100,34 +119,43 @@ def fit(
     on_step: Callable[[StepLog], None] = lambda log: None,
     checkpoint: Callable[[FitState], None] = lambda state: None,
     should_stop: Callable[[], bool] = lambda: False,
+    reference: Reference | None = None,
 ) -> FitState:
+    """`reference`: the reference log-probs of train.objective dpo/ipo/kto (peftkit.modeling.objective)."""
     params = [p for p in model.parameters() if p.requires_grad]
     selective = spec.selective_logits and supports_selective_logits(accelerator.unwrap_model(model))
     chunk = spec.logits_chunk if selective and spec.logits_chunk and head_reads_last_hidden_state(model) else None
     scaler = accelerator.scaler  # fp16 only: skips steps whose scaled gradients overflowed
     world = accelerator.num_processes
+    preference = spec.objective != "sft"
     model.train()
     # a stop asked of any one process (SIGTERM to one rank) stops all of them at the same step
     while state.step < spec.max_steps and not _sum(accelerator, bool(should_stop())):
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(spec.grad_accum)]  # counted here, on the host: no device sync
         causal = micro[0]["labels"].dim() == 2
-        # Token-weighted loss over the whole accumulation window and all processes, not a mean of means.
-        n_local, tokens_local = sum(trained_tokens(b["labels"]) for b in micro), sum(_tokens(b) for b in micro)
-        n_total = int(_sum(accelerator, n_local))
-        n_items = max(n_total, 1)
-        loss_local = 0.0
+        # Token-weighted loss (preference: pair- or item-weighted) over the whole accumulation window and all
+        # processes, not a mean of means.
+        trained_local, tokens_local = sum(trained_tokens(b["labels"]) for b in micro), sum(_tokens(b) for b in micro)
+        n_local = sum(items_in(b) for b in micro) if preference else trained_local
+        n_items = max(int(_sum(accelerator, n_local)), 1)
+        loss_local, sums, pairs = 0.0, {}, 0
         for i, batch in enumerate(micro):
             n_batch, batch = trained_tokens(batch["labels"]), send_to_device(batch, accelerator.device)
             # gradients are all-reduced once per optimizer step, on the last micro-batch
             with accelerator.no_sync(model) if i < len(micro) - 1 else nullcontext():
-                if causal:
+                if preference:
+                    scored = score(model, batch, spec, reference, chunk=chunk, selective=selective)
+                    loss, pairs = scored.loss / n_items, pairs + scored.pairs
+                    sums = {k: sums.get(k, 0.0) + v for k, v in scored.stats.items()}
+                elif causal:
                     loss = causal_lm_loss(model, batch, n_items, selective=selective, chunk=chunk)
                 else:
                     loss = model(**batch).loss * n_batch / n_items
                 accelerator.backward(loss * world)  # DDP averages gradients over processes; we want their sum
                 loss_local += loss.detach().float().item()
         loss_sum = _sum(accelerator, loss_local)
+        sums, pairs = _sum_dict(accelerator, sums), _sum(accelerator, pairs)
         grad_norm = float(accelerator.clip_grad_norm_(params, spec.max_grad_norm or math.inf))
         state.micro_batches += spec.grad_accum * world  # global count: the same batches after a resume on any world
         if not _optimizer_step(optimizer, scaler, loss_sum, grad_norm, state, spec):
@@ -141,12 +169,15 @@ def fit(
         state.step += 1
         step_tokens = int(_sum(accelerator, tokens_local))
         state.tokens += step_tokens
-        state.trained_tokens += n_total
+        step_trained = int(_sum(accelerator, trained_local))
+        state.trained_tokens += step_trained
         state.train_s += time.perf_counter() - t0
-        log = StepLog(state.step, loss_sum, lr, grad_norm, state.tokens, state.trained_tokens, state.train_s)
+        stats = _step_stats(sums, pairs, len(micro) * world) if preference else {}
+        log = StepLog(state.step, loss_sum, lr, grad_norm, state.tokens, state.trained_tokens, state.train_s, stats)
         if state.step % spec.log_every == 0 or state.step in (1, spec.max_steps):
             state.curve.append({"step": log.step, "loss": round(log.loss, 6), "lr": lr, "elapsed_s": round(log.elapsed_s, 3),
-                                "tokens": step_tokens, "trained_tokens": n_total})  # this step's, all processes
+                                "tokens": step_tokens, "trained_tokens": step_trained,  # this step's, all processes
+                                **{k: round(v, 6) for k, v in stats.items()}})
         on_step(log)
         if spec.checkpoint_every and (state.step % spec.checkpoint_every == 0 or state.step == spec.max_steps):
             checkpoint(state)

@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import send_to_device
 from rich.console import Console
 from torch.utils.data import DataLoader
 
 from ..adapters import ParamReport, attach_adapter, param_groups, param_report
+from ..adapters.attach import init_from_dir
 from ..data import make_collator
+from ..data.collate import with_kl_partners
 from ..data.prepare import prepare_data
 from ..errors import PeftkitError, RunDirError, TrainingAborted
 from ..evaluation.measure import measure
@@ -36,6 +39,7 @@ from .optim import build_optimizer, build_scheduler
 from .preflight import preflight
 from .progress import TrainProgress
 from .ranks import Ranks
+from .reference import build_references, choose_reference
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,11 @@ def train(
     seed_everything(recipe.train.seed)
 
     tokenizer, data = prepare_data(recipe)
+    objective = recipe.train.objective
+    train_rows, eval_rows = data.train, data.eval
+    if objective == "kto":  # each answer's mismatched partner, fixed so the reference can score it once
+        train_rows = with_kl_partners(train_rows, recipe.data.max_length)
+        eval_rows = with_kl_partners(eval_rows, recipe.data.max_length) if eval_rows else eval_rows
     num_labels = len(data.label_names or ()) or None
     recipe, choices = resolve(recipe, hardware, precision, config=base_config(recipe.model))
     gc, packed = choices.recompute, choices.packing
@@ -111,6 +120,10 @@ def train(
         check_same_base(recorded.base.fingerprint if recorded else None, base.fingerprint,
                         what=f"model.base {recipe.model.base}", where=str(found[0]))
     model = attach_adapter(base.model, recipe.adapter, task=recipe.model.task, total_steps=recipe.train.max_steps)
+    if recipe.adapter.init_from:
+        started = read_meta(init_from_dir(recipe.adapter).parent)
+        check_same_base(started.base.fingerprint if started else None, base.fingerprint,
+                        what=f"model.base {recipe.model.base}", where=recipe.adapter.init_from)
     if gc.enabled:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
                                               offload=recipe.train.checkpoint_offload and torch.cuda.is_available())
@@ -126,13 +139,19 @@ def train(
     load_peak = peak_memory_mb()
     reset_peak_memory()
 
-    collate = make_collator(tokenizer, packing=packed, task=recipe.model.task)
-    sampler = Batches(len(data.train), recipe.train.batch_size, recipe.train.seed,
+    collate = make_collator(tokenizer, packing=packed, task=recipe.model.task, objective=objective)
+    sampler = Batches(len(train_rows), recipe.train.batch_size, recipe.train.seed,
                       rank=accelerator.process_index, world=accelerator.num_processes)
     optimizer = build_optimizer(param_groups(model, recipe.adapter, recipe.train.lr, recipe.train.weight_decay), recipe.train)
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = build_scheduler(optimizer, recipe.train)
     unwrapped = accelerator.unwrap_model(model)
+    eval_bs = recipe.eval.batch_size or recipe.train.batch_size
+    reference = choose_reference(recipe, unwrapped, send_to_device(collate(train_rows[:2]), accelerator.device))
+    if reference.mode != "none":
+        console.print(reference.summary(), highlight=False)
+        recipe = recipe.model_copy(update={"train": recipe.train.model_copy(
+            update={"precompute_ref": reference.mode == "precomputed"})})
 
     meta = Meta(
         peftkit_command=" ".join(sys.argv),
@@ -150,17 +169,26 @@ def train(
         params={"trainable": params.trainable, "total": params.total},
         gradient_checkpointing={"enabled": gc.enabled, "why": gc.why},
         packing=packed,
+        objective=objective,
+        reference=reference.to_dict() if reference.mode != "none" else {},
+        init_from=recipe.adapter.init_from,
     )
     if ranks.main:  # the resolved recipe: every default filled in, every `auto` as chosen here
         write_atomic(out / "recipe.yaml", recipe_to_yaml(recipe))
         write_record(out / "meta.json", meta)
 
-    eval_bs = recipe.eval.batch_size or recipe.train.batch_size
-    eval_collate = make_collator(tokenizer, packing=packed, task=recipe.model.task)  # loss only; generation pads
+    # loss only; generation pads
+    eval_collate = make_collator(tokenizer, packing=packed, task=recipe.model.task, objective=objective)
+    train_ref, eval_ref = build_references(
+        reference, unwrapped, train_rows=train_rows, eval_rows=eval_rows, recipe=recipe, collate=collate,
+        batch_size=eval_bs, device=accelerator.device, world=accelerator.num_processes, run_dir=out,
+        resumed=found is not None, main=ranks.main)
+    preference = (recipe.train, eval_ref) if objective != "sft" else None
 
     def score(label: str):
-        m = measure(unwrapped, tokenizer, data.eval, recipe.eval, collate=eval_collate, batch_size=eval_bs,
-                    device=accelerator.device, stop_token_ids=data.stop_token_ids, num_labels=num_labels)
+        m = measure(unwrapped, tokenizer, eval_rows, recipe.eval, collate=eval_collate, batch_size=eval_bs,
+                    device=accelerator.device, stop_token_ids=data.stop_token_ids, num_labels=num_labels,
+                    preference=preference)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
         console.print(f"eval {label}: {shown}  ({m.examples} examples, {m.seconds:.1f}s)", highlight=False)
         return m
@@ -188,11 +216,11 @@ def train(
     eval_peak = peak_memory_mb()
     reset_peak_memory()
     sampler.start_at(state.micro_batches)
-    batches = iter(DataLoader(data.train, batch_sampler=sampler, collate_fn=collate))
+    batches = iter(DataLoader(train_rows, batch_sampler=sampler, collate_fn=collate))
     with GracefulStop() as stop, TrainProgress(recipe.train.max_steps, console, log_every=recipe.train.log_every,
                                                 start=state.step) as bar:
         fit(model, optimizer, scheduler, batches, accelerator, recipe.train, state, on_step=bar.update,
-            checkpoint=checkpoint, should_stop=stop)
+            checkpoint=checkpoint, should_stop=stop, reference=train_ref)
     train_peak = peak_memory_mb()
     reset_peak_memory()
     if state.step < recipe.train.max_steps:  # fit stops early only when some process was asked to

@@ -62,12 +62,12 @@ def write_chat(path: Path, n: int = 24) -> Path:
     return path
 
 
-def tiny_recipe(base: Path, data: Path, run_dir: Path, **sections) -> Recipe:
+def tiny_recipe(base: Path, data_file: Path, run_dir: Path, /, **sections) -> Recipe:
     raw = {
         "name": "tiny",
         "model": {"base": str(base), "dtype": "float32"},
         "adapter": {"rank": 4, "dropout": 0.0},
-        "data": {"format": "chat", "path": str(data), "eval_fraction": 0.25, "max_length": 64},
+        "data": {"format": "chat", "path": str(data_file), "eval_fraction": 0.25, "max_length": 64},
         "train": {"max_steps": 6, "batch_size": 4, "lr": 5e-3, "log_every": 1},
         "eval": {"metrics": ["loss", "exact_match"], "max_new_tokens": 8},
         "output": {"dir": str(run_dir)},

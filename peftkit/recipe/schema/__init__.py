@@ -9,7 +9,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._base import Section
 from .adapter import AdapterSpec, compatibility_problems
-from .data import DataSpec, task_format_problem
+from .data import DataSpec, objective_format_problem, task_format_problem
 from .eval import EvalSpec
 from .model import ModelSpec, QuantizationSpec
 from .output import OutputSpec
@@ -40,6 +40,9 @@ class Recipe(Section):
         fits = task_format_problem(self.model.task, self.data.format)
         if fits:
             problems = [("data.format", fits, self.data.format), *problems]
+        reads = objective_format_problem(self.train.objective, self.data.format)
+        if reads and not fits:
+            problems = [("train.objective", reads, self.train.objective), *problems]
         if problems:
             raise ValidationError.from_exception_data("Recipe", [
                 InitErrorDetails(type=PydanticCustomError("incompatible", "{message}", {"message": message}),

@@ -85,6 +85,10 @@ class AdapterSpec(Section):
     )
     butterfly_factor: int = Field(1, ge=1, le=16, description="BOFT: butterfly factors (1 = block-diagonal OFT)")
     num_virtual_tokens: int = Field(20, ge=1, le=4096, description="prompt / prefix tuning: learned virtual tokens")
+    init_from: str | None = Field(
+        None, description="a run directory (or its adapter folder) whose trained adapter this run starts from, e.g. "
+        "DPO on top of an SFT run; its method and shape are used (the other adapter keys must match or stay default)"
+    )
 
     @field_validator("targets")
     @classmethod

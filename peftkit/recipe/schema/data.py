@@ -8,7 +8,10 @@ from pydantic import Field, field_validator, model_validator
 
 from ._base import Section
 
-Format = Literal["alpaca", "chat", "completion", "prompt_completion", "classification"]
+Format = Literal[
+    "alpaca", "chat", "completion", "prompt_completion", "classification", "preference", "unpaired_preference"
+]
+PREFERENCE_FORMATS = ("preference", "unpaired_preference")
 ChatTemplate = Literal["auto", "tokenizer", "chatml", "llama3", "zephyr"]
 
 # Logical column names each format reads; `data.columns` maps them to the names in the user's rows.
@@ -18,6 +21,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "completion": ("text",),
     "prompt_completion": ("prompt", "completion", "system"),
     "classification": ("text", "text_pair", "label"),
+    "preference": ("prompt", "chosen", "rejected", "system"),
+    "unpaired_preference": ("prompt", "completion", "label", "system"),
 }
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -36,7 +41,10 @@ class MixSource(Section):
 
 
 class DataSpec(Section):
-    format: Format = Field(..., description="alpaca | chat | completion | prompt_completion | classification")
+    format: Format = Field(
+        ..., description="alpaca | chat | completion | prompt_completion | classification | preference (prompt, "
+        "chosen, rejected) | unpaired_preference (prompt, completion, label: true/false)"
+    )
     path: str = Field(
         ..., description="data file or folder (relative to the recipe), a hub id, or builtin:NAME (peftkit data builtins)"
     )
@@ -103,6 +111,8 @@ class DataSpec(Section):
     def _packing_is_causal(self):
         if self.packing is True and self.format == "classification":
             raise ValueError("packing applies to causal LM formats, not classification")
+        if self.packing is True and self.format in PREFERENCE_FORMATS:
+            raise ValueError("preference answers are scored as whole sequences, one per row: set packing to false")
         return self
 
     @model_validator(mode="after")
@@ -112,12 +122,13 @@ class DataSpec(Section):
             return self
         if self.format == "alpaca" and t != "alpaca" and "{instruction}" not in t:
             raise ValueError("prompt_template for alpaca must be chat, alpaca, or contain {instruction}")
-        if self.format == "prompt_completion" and t == "alpaca":
+        if self.format in ("prompt_completion", *PREFERENCE_FORMATS) and t == "alpaca":
             raise ValueError("prompt_template alpaca applies to format alpaca; use chat or a string with {prompt}")
-        if self.format == "prompt_completion" and "{prompt}" not in t:
-            raise ValueError("prompt_template for prompt_completion must be chat or contain {prompt}")
-        if self.format not in ("alpaca", "prompt_completion"):
-            raise ValueError(f"prompt_template applies to alpaca and prompt_completion, not {self.format}")
+        if self.format in ("prompt_completion", *PREFERENCE_FORMATS) and "{prompt}" not in t:
+            raise ValueError(f"prompt_template for {self.format} must be chat or contain {{prompt}}")
+        if self.format not in ("alpaca", "prompt_completion", *PREFERENCE_FORMATS):
+            raise ValueError(f"prompt_template applies to alpaca, prompt_completion and preference formats, "
+                             f"not {self.format}")
         return self
 
     _paths_ok = field_validator("path", "eval_path")(_no_nul)
@@ -129,6 +140,20 @@ class DataSpec(Section):
         if bad:
             raise ValueError(f"roles map to system, user, assistant or tool (got {', '.join(bad)})")
         return v
+
+
+def objective_format_problem(objective: str, fmt: str) -> str | None:
+    """The one objective/format rule: preference objectives read preference rows, sft reads the others."""
+    if objective == "sft":
+        if fmt in PREFERENCE_FORMATS:
+            return f"{fmt} rows need a preference objective: set train.objective to dpo, ipo, orpo, simpo or kto"
+        return None
+    if objective == "kto" and fmt in PREFERENCE_FORMATS:
+        return None  # pairs split into a desirable and an undesirable answer
+    if objective != "kto" and fmt == "preference":
+        return None
+    wanted = "preference or unpaired_preference" if objective == "kto" else "preference (prompt, chosen, rejected)"
+    return f"objective {objective} reads data.format {wanted}, not {fmt}"
 
 
 def task_format_problem(task: str, fmt: str) -> str | None:

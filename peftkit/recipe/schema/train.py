@@ -8,6 +8,34 @@ from pydantic import Field, field_validator, model_validator
 
 from ._base import Section
 
+Objective = Literal["sft", "dpo", "ipo", "orpo", "simpo", "kto"]
+PAIRED_OBJECTIVES = ("dpo", "ipo", "orpo", "simpo")  # read chosen/rejected pairs
+REFERENCE_OBJECTIVES = ("dpo", "ipo", "kto")  # compare the policy with a reference model
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1}
+
+# Which objectives read each train.preference key (a key another objective does not read is refused when set).
+PREFERENCE_READ_BY: dict[str, tuple[str, ...]] = {
+    "beta": ("dpo", "ipo", "orpo", "simpo", "kto"),
+    "label_smoothing": ("dpo", "simpo"),
+    "gamma": ("simpo",),
+    "desirable_weight": ("kto",),
+    "undesirable_weight": ("kto",),
+}
+
+
+class PreferenceSpec(Section):
+    beta: float | None = Field(
+        None, gt=0, le=100, description="dpo/ipo/kto: strength of the pull towards the reference (ipo: its tau); "
+        "orpo: weight of the odds-ratio term (lambda); simpo: reward scale; null: dpo/ipo/orpo/kto 0.1, simpo 2.0"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo / simpo: assumed share of flipped pairs")
+    gamma: float = Field(1.0, ge=0, description="simpo: target reward margin (the paper's gamma)")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable answers' loss")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable answers' loss")
+
+    def beta_for(self, objective: str) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA[objective]
+
 
 class TrainSpec(Section):
     max_steps: int = Field(100, ge=1, description="optimizer steps")
@@ -44,6 +72,16 @@ class TrainSpec(Section):
         256, ge=1, description="with selective_logits: project and score this many trained positions at a time, "
         "recomputed in the backward, so one chunk of vocabulary logits is alive at once; null: all at once"
     )
+    objective: Objective = Field(
+        "sft", description="sft (next-token loss on responses) | dpo | ipo | orpo | simpo | kto (preference data: "
+        "data.format preference, or unpaired_preference for kto)"
+    )
+    preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="preference objectives' settings")
+    precompute_ref: bool | Literal["auto"] = Field(
+        "auto", description="dpo/ipo/kto: score the reference once before training and keep it in the run directory "
+        "(true), or on the fly with the adapter switched off (false); auto: precompute when the adapter does not "
+        "start as the bare base (adapter.init_from, pissa/olora/loftq inits), else on the fly"
+    )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="Accelerate autocast; 'no' (or false) keeps adapter math fp32 on top of the base dtype; "
         "auto: bf16 on a bf16 GPU, fp16 with a loss scaler on an older one, no on CPU"
@@ -54,6 +92,18 @@ class TrainSpec(Section):
     def _plain_no(cls, value):
         # YAML 1.1 reads a bare `no` (and `off`, `false`) as False; they all mean what the user wrote
         return "no" if value is False else value
+
+    @model_validator(mode="after")
+    def _preference_keys_read(self):
+        given = self.preference.model_fields_set
+        for key, readers in PREFERENCE_READ_BY.items():
+            if key in given and self.objective not in readers and \
+                    getattr(self.preference, key) != PreferenceSpec.model_fields[key].default:
+                raise ValueError(f"preference.{key} is read by objective {'/'.join(readers)}, not "
+                                 f"{self.objective}: remove it")
+        if self.precompute_ref is True and self.objective not in REFERENCE_OBJECTIVES:
+            raise ValueError(f"precompute_ref: objective {self.objective} uses no reference model; remove it")
+        return self
 
     @model_validator(mode="after")
     def _offload_needs_checkpointing(self):
