@@ -116,7 +116,7 @@ def check_rows(eval_rows: Sequence[dict], n: int = DEFAULT_PROMPTS) -> list[list
     """Token ids of the first `n` held-out rows (prompt + answer), cut to a total of MAX_POSITIONS."""
     rows, budget = [], MAX_POSITIONS
     for row in eval_rows[:n]:
-        ids = list(row["input_ids"])[:budget]
+        ids = list((row["chosen"] if "chosen" in row else row)["input_ids"])[:budget]  # a pair: its chosen answer
         if len(ids) >= 2:
             rows.append(ids)
             budget -= len(ids)

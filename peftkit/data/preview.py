@@ -27,6 +27,9 @@ def render_preview(examples: DataBundle | list[dict], tokenizer, n: int = 3, *, 
     legend = "trained tokens are [[bracketed]]" if plain else "trained tokens in bold green, context dimmed"
     out.append(f"{min(n, len(examples))} of {len(examples)} {split} examples; {legend}\n", style=None if plain else "italic")
     for i, row in enumerate(examples[:n], 1):
+        if "chosen" in row or "desirable" in row:
+            _append_preference(out, i, row, tokenizer, plain)
+            continue
         labels = row["labels"]
         trained = trained_tokens(labels)
         out.append(f"\n── example {i}: {len(row['input_ids'])} tokens, {trained} trained ──\n",
@@ -40,6 +43,21 @@ def render_preview(examples: DataBundle | list[dict], tokenizer, n: int = 3, *, 
             _append_runs(out, row["input_ids"], labels, tokenizer, plain)
         out.append("\n")
     return out
+
+
+def _append_preference(out: Text, i: int, row: dict, tokenizer, plain: bool) -> None:
+    """The shared prompt once, then each answer with its scored tokens marked like trained ones."""
+    answers = [("chosen", row["chosen"]), ("rejected", row["rejected"])] if "chosen" in row else \
+        [("desirable" if row["desirable"] else "undesirable", row)]
+    cut = row["prompt_len"]
+    sizes = ", ".join(f"{name} {len(seq['input_ids']) - cut} tokens" for name, seq in answers)
+    out.append(f"\n── example {i}: prompt {cut} tokens; {sizes} ──\n", style=None if plain else HEADER)
+    first = answers[0][1]
+    out.append(tokenizer.decode(first["input_ids"][:cut], skip_special_tokens=False), style=None if plain else CONTEXT)
+    for name, seq in answers:
+        out.append(f"\n  {name} → ", style=None if plain else HEADER)
+        _append_runs(out, seq["input_ids"][cut:], seq["labels"][cut:], tokenizer, plain)
+    out.append("\n")
 
 
 def _append_runs(out: Text, ids: list[int], labels: list[int], tokenizer, plain: bool) -> None:

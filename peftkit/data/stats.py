@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 from ..modeling.tokens import trained_tokens
-from .bundle import DataBundle
+from .bundle import DataBundle, sequences
 
 PERCENTILES = (50, 90, 95, 99, 100)
 
@@ -14,7 +14,8 @@ PERCENTILES = (50, 90, 95, 99, 100)
 @dataclass(frozen=True)
 class DataStats:
     """One split. Padding waste = share of batch positions that are padding, batching `batch_size` examples in
-    data order: right-padded to the longest row (unpacked) or concatenated into one row (packed)."""
+    data order: right-padded to the longest row (unpacked) or concatenated into one row (packed). Preference pairs
+    count both answers' sequences (tokens, lengths, padding: a batch of B pairs is 2B rows)."""
 
     split: str
     examples: int
@@ -37,12 +38,14 @@ def compute_stats(bundle: DataBundle, *, batch_size: int, split: str = "train",
                   pad_to_multiple_of: int | None = None) -> DataStats:
     rows = bundle.train if split == "train" else bundle.eval
     report = bundle.report.train if split == "train" else bundle.report.eval
-    lengths = [len(r["input_ids"]) for r in rows]
+    seqs = [seq for r in rows for seq in sequences(r)]
+    lengths = [len(seq["input_ids"]) for seq in seqs]
+    batch_size *= len(seqs) // max(len(rows), 1) or 1
     return DataStats(
         split=split,
         examples=len(rows),
         tokens=sum(lengths),
-        trained_tokens=sum(trained_tokens(r["labels"]) for r in rows),
+        trained_tokens=sum(trained_tokens(seq["labels"]) for seq in seqs),
         truncated=report.truncated,
         dropped=report.dropped,
         skipped=report.skipped,

@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 
 from ..data import make_collator
+from ..data.collate import with_kl_partners
 from ..data.prepare import prepare_data
 from ..errors import PeftkitError
 from ..modeling.fingerprint import check_same_base
 from ..modeling.load import load_base
+from ..modeling.objective import ModelReference, saved_reference
+from ..recipe.schema.train import REFERENCE_OBJECTIVES
 from ..recipe import Recipe, load_recipe
 from ..rundir import EvalRecord, ModelScore, RunInfo, read_run, write_atomic, write_record
 from .measure import Measurement, measure
@@ -32,15 +35,28 @@ def evaluate_models(targets: list[str], *, merged: bool = True, n_samples: int =
     tokenizer, data = prepare_data(recipe)
     num_labels = len(data.label_names or ()) or None
     base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, tokenizer=tokenizer)
-    collate = make_collator(tokenizer, packing=False, task=recipe.model.task)
+    objective = recipe.train.objective
+    collate = make_collator(tokenizer, packing=False, task=recipe.model.task, objective=objective)
     batch = recipe.eval.batch_size or recipe.train.batch_size  # eval fits wherever training did
+    examples = with_kl_partners(data.eval, recipe.data.max_length) if objective == "kto" else data.eval
+    reference_based = objective in REFERENCE_OBJECTIVES
 
-    def score(model) -> Measurement:
-        return measure(model, tokenizer, data.eval, recipe.eval, collate=collate, batch_size=batch,
-                       device=next(model.parameters()).device,
-                       stop_token_ids=data.stop_token_ids, num_labels=num_labels, n_samples=n_samples)
+    def score(model, reference=None) -> Measurement:
+        preference = (recipe.train, reference) if objective != "sft" else None
+        return measure(model, tokenizer, examples, recipe.eval, collate=collate, batch_size=batch,
+                       device=next(model.parameters()).device, stop_token_ids=data.stop_token_ids,
+                       num_labels=num_labels, n_samples=n_samples, preference=preference)
 
-    results: list[tuple[str, str, Measurement]] = [("base", "base", score(base.model))]
+    def reference_of(run: RunInfo | None, model, adapter_off: bool):
+        """A run's own reference: the table it precomputed (e.g. its init_from SFT model), else the base."""
+        if not reference_based:
+            return None
+        saved = saved_reference(run.path, "eval") if run is not None else None
+        return saved or ModelReference(model, adapter_off=adapter_off)
+
+    first_run = runs[0] if runs else None
+    results: list[tuple[str, str, Measurement]] = [
+        ("base", "base", score(base.model, reference_of(first_run, base.model, adapter_off=False)))]
     model = base.model
     for i, run in enumerate(runs):
         check_same_base(run.meta.base.fingerprint, base.fingerprint,
@@ -53,7 +69,7 @@ def evaluate_models(targets: list[str], *, merged: bool = True, n_samples: int =
         else:
             model.load_adapter(run.adapter_dir, adapter_name=name)
         model.set_adapter(name)
-        results.append((str(run.path), "adapter", score(model)))
+        results.append((str(run.path), "adapter", score(model, reference_of(run, model, adapter_off=True))))
     for run in runs if merged else []:
         folder = run.path / "merged"
         if (folder / "config.json").is_file():
@@ -61,7 +77,9 @@ def evaluate_models(targets: list[str], *, merged: bool = True, n_samples: int =
 
             spec = ModelSpec(base=str(folder), task=recipe.model.task, dtype=recipe.model.dtype,
                              attn_implementation=recipe.model.attn_implementation)
-            results.append((str(folder), "merged", score(load_base(spec).model)))
+            merged_model = load_base(spec).model
+            # the merged model has no adapter to switch off: its reference is the run's table or the base
+            results.append((str(folder), "merged", score(merged_model, reference_of(run, model, adapter_off=True))))
 
     rows = tuple(ModelScore(name=name, kind=kind, metrics=m.metrics, seconds=round(m.seconds, 3),
                             predictions=tuple(s["prediction"] for s in m.samples)) for name, kind, m in results)

@@ -1,20 +1,25 @@
 """A preference batch -> its loss and what to log, for every objective; training and evaluation share it.
 
 The reference model is never a second copy of the weights: its log-probs come from the same model with the
-adapter switched off (AdapterOff), or from a table computed once before training (Precomputed), looked up by
+adapter switched off (ModelReference with adapter_off), or from a table computed once before training (Precomputed), looked up by
 each answer's "answer_index".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ..recipe.schema.train import TrainSpec
 from . import preference as formulas
 from .logps import sequence_logps
+
+REFERENCE_FILE = "reference_logps.safetensors"  # a run's precomputed reference tables (train.precompute_ref)
 
 # what a reference gives for a batch: log-prob sums of its answers, and of its KTO mismatched answers (or None)
 Reference = Callable[[dict], tuple[torch.Tensor, torch.Tensor | None]]
@@ -38,15 +43,16 @@ def items_in(batch: dict) -> int:
     return int(batch["desirable"].numel()) if "desirable" in batch else int(batch["input_ids"].shape[0]) // 2
 
 
-class AdapterOff:
-    """Reference log-probs from the policy's own weights with the adapter disabled (PEFT's disable_adapter)."""
+class ModelReference:
+    """Reference log-probs scored by `model` as it is (e.g. a bare base in `peftkit eval`), or with its adapter
+    disabled (`adapter_off`: PEFT's disable_adapter; the policy's own weights serve as the reference)."""
 
-    def __init__(self, model, *, chunk: int | None, selective: bool):
-        self.model, self.chunk, self.selective = model, chunk, selective
+    def __init__(self, model, *, chunk: int | None = None, selective: bool = True, adapter_off: bool = False):
+        self.model, self.chunk, self.selective, self.adapter_off = model, chunk, selective, adapter_off
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with self.model.disable_adapter():
+        with self.model.disable_adapter() if self.adapter_off else nullcontext():
             ref = sequence_logps(self.model, batch, chunk=self.chunk, selective=self.selective)[0]
             kl = (sequence_logps(self.model, batch, prefix="kl_", chunk=self.chunk, selective=self.selective)[0]
                   if "kl_input_ids" in batch else None)
@@ -66,6 +72,15 @@ class Precomputed:
             raise RuntimeError("a batch holds answers the precomputed reference never scored")
         kl = self.kl_logps[index] if self.kl_logps is not None and "kl_input_ids" in batch else None
         return ref.to(batch["input_ids"].device), None if kl is None else kl.to(batch["input_ids"].device)
+
+
+def saved_reference(run_dir: Path, split: str) -> Precomputed | None:
+    """The reference a run precomputed for `split` (train or eval), or None when it scored it on the fly."""
+    path = Path(run_dir) / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    tables = load_file(str(path))
+    return Precomputed(tables[f"{split}_logps"], tables.get(f"{split}_kl_logps"))
 
 
 def score(model, batch: dict, spec: TrainSpec, reference: Reference | None, *, chunk: int | None = None,

@@ -21,12 +21,11 @@ from safetensors.torch import load_file, save_file
 from ..errors import RunDirError
 from ..modeling.logps import sequence_logps
 from ..modeling.loss import supports_selective_logits
-from ..modeling.objective import AdapterOff, Precomputed
+from ..modeling.objective import REFERENCE_FILE, ModelReference, Precomputed
 from ..recipe import Recipe
 from ..recipe.schema.train import REFERENCE_OBJECTIVES
 from .batches import Batches
 
-REFERENCE_FILE = "reference_logps.safetensors"
 PROBE_TOLERANCE = 1e-4  # nats per answer: fp32 noise between two identical forwards is far below it
 
 
@@ -126,7 +125,7 @@ def build_references(choice: ReferenceChoice, model, *, train_rows: list[dict], 
     if choice.mode == "none":
         return None, None
     if choice.mode == "adapter_off":
-        ref = AdapterOff(model, chunk=None, selective=supports_selective_logits(model))
+        ref = ModelReference(model, selective=supports_selective_logits(model), adapter_off=True)
         return ref, ref
     path = run_dir / REFERENCE_FILE
     if resumed:
