@@ -61,8 +61,9 @@ def init_from_dir(spec: AdapterSpec) -> Path:
     for candidate in (folder / "adapter", folder):
         if (candidate / "adapter_config.json").is_file():
             return candidate
-    raise RecipeError(None, [Problem("adapter.init_from", "holds no trained adapter (looked for "
-                                     "adapter/adapter_config.json and adapter_config.json)", spec.init_from, True)])
+    why = ("holds no trained adapter (looked for adapter/adapter_config.json and adapter_config.json)"
+           if folder.is_dir() else "no such run directory (train the run it names first)")
+    raise RecipeError(None, [Problem("adapter.init_from", why, spec.init_from, True)])
 
 
 def _from_run(model: torch.nn.Module, spec: AdapterSpec) -> PeftModel:

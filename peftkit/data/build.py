@@ -102,7 +102,8 @@ def _check_task(spec: DataSpec, task: str, source_file: str | None) -> None:
 def _plan(spec: DataSpec, tokenizer, source_file: str | None) -> RenderPlan:
     template = spec.prompt_template
     if spec.format in ("alpaca", *PREFERENCE_FORMATS) and template is None:
-        template = "chat" if spec.chat_template != "auto" or has_chat_template(tokenizer) else "alpaca"
+        chat = spec.chat_template != "auto" or has_chat_template(tokenizer)
+        template = "chat" if chat else ("alpaca" if spec.format == "alpaca" else None)  # preference: raw prompt
     use_chat = spec.format == "chat" or template == "chat"
     try:
         chat = resolve_chat_format(tokenizer, spec.chat_template) if use_chat else None

@@ -8,7 +8,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from ..recipe.schema.data import DataSpec
+from ..recipe.schema.data import PREFERENCE_FORMATS, DataSpec
 from .bundle import Rendered, RowProblem
 from .render import render_chat, render_plain
 from .templates import ChatFormat
@@ -81,6 +81,10 @@ def row_problem(row: dict, spec: DataSpec) -> str | None:
             text_field(row, col(spec, "text"))
             text_field(row, col(spec, "text_pair"), required="text_pair" in spec.columns)
             _label(row, col(spec, "label"))
+        elif spec.format in PREFERENCE_FORMATS:
+            from .pairs import preference_parts  # pairs renders through this module's helpers
+
+            preference_parts(row, spec)
     except RowProblem as e:
         return str(e)
     return None

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters.attach import init_from_dir
 from ..adapters.estimate import base_shape, estimate_adapter_params
 from ..data.bundle import RowProblem
 from ..data.formats import row_problem
@@ -63,6 +64,8 @@ def preflight(recipe: Recipe, run_dir: Path, *, resume: bool, force: bool = Fals
             "or choose another output.dir"
         )
     files, rows = _check_data(recipe.data)
+    if recipe.adapter.init_from:
+        init_from_dir(recipe.adapter)  # the adapter to start from is there (an error names adapter.init_from)
     return PreflightReport(run_dir, free, need, adapter_bytes, basis, files, rows)
 
 

@@ -62,6 +62,18 @@ def write_chat(path: Path, n: int = 24) -> Path:
     return path
 
 
+def write_pairs(path: Path, n: int = 24, *, refusals: bool = False) -> Path:
+    """Preference pairs: the right sum chosen, rejected one off by one (subtle), or with `refusals` a refusal
+    (a preference a tiny model learns and carries to held-out prompts in a few steps)."""
+    with path.open("w") as fh:
+        for i in range(n):
+            a, b = i % 7, (3 * i) % 5
+            rejected = "I do not know." if refusals else f"{a} + {b} = {a + b + 1}"
+            fh.write(json.dumps({"prompt": f"add {a} and {b}", "chosen": f"{a} + {b} = {a + b}",
+                                 "rejected": rejected}) + "\n")
+    return path
+
+
 def tiny_recipe(base: Path, data_file: Path, run_dir: Path, /, **sections) -> Recipe:
     raw = {
         "name": "tiny",
