@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 from safetensors.torch import load_file
-from support.tiny_run import tiny_recipe, write_base, write_chat
+from support.tiny_run import tiny_recipe, write_base, write_chat, write_pairs
 
 from peftkit.recipe import recipe_to_yaml
 from peftkit.training.checkpoint import latest_valid, list_checkpoints
@@ -152,3 +152,27 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     assert "SIGTERM" in err and "stop requested by another process" in err
     newest, meta = latest_valid(run / "checkpoints")
     assert meta["fit"]["step"] == step and (newest / "rng-rank1.pt").is_file()
+
+
+def test_dpo_in_two_processes_equals_one_with_twice_the_accumulation(tmp_path):
+    """Pair-weighted loss, reward stats summed over processes, and the precomputed reference table built from
+    every process's batches: the same run as one process accumulating both halves."""
+    base, pairs = write_base(tmp_path / "base"), write_pairs(tmp_path / "pairs.jsonl")
+    paths = {}
+    for name, accum in (("two", 1), ("one", 2)):
+        r = tiny_recipe(base, pairs, tmp_path / f"run-{name}", data={"format": "preference"},
+                        train={"objective": "dpo", "max_steps": 6, "grad_accum": accum, "precompute_ref": True},
+                        eval={"metrics": ["loss"]})
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(recipe_to_yaml(r))
+    for name, processes in (("two", 2), ("one", 1)):
+        done = _run([str(paths[name]), "--force"], tmp_path, processes=processes)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = tmp_path / "run-one", tmp_path / "run-two"
+    assert _max_diff(_adapter(one), _adapter(two)) <= 1e-5
+    m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
+    for a, b in zip(m1["train"]["loss_curve"], m2["train"]["loss_curve"], strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 and abs(a["reward_margin"] - b["reward_margin"]) <= 1e-5
+        assert a["reward_accuracy"] == b["reward_accuracy"] and a["trained_tokens"] == b["trained_tokens"]
+    assert abs(m1["eval"]["after"]["reward_margin"] - m2["eval"]["after"]["reward_margin"]) <= 1e-5
+    assert (two / "reference_logps.safetensors").is_file()
