@@ -35,6 +35,7 @@ def adapter_card(run: RunInfo) -> str:
         "",
         "## Training",
         *_train_lines(recipe, metrics.train.model_dump() if metrics else {}),
+        *_objective_lines(recipe, meta),
         "",
         "## Evaluation (held-out rows)",
         *_eval_lines(metrics.eval.model_dump() if metrics else {}),
@@ -102,6 +103,21 @@ def _train_lines(recipe, train: dict) -> list[str]:
         lines.append(f"- final loss {loss:.4f}" if isinstance(loss, (int, float)) else "- final loss: n/a")
         if isinstance(train.get("wall_s"), (int, float)):
             lines.append(f"- wall time {train['wall_s']:.0f} s")
+    return lines
+
+
+def _objective_lines(recipe, meta) -> list[str]:
+    """Preference runs: which objective, with what strength, against which reference, started from what."""
+    t = recipe.train
+    if t.objective == "sft":
+        return []
+    lines = [f"- objective {t.objective}, beta {t.preference.beta_for(t.objective):g}"]
+    ref = meta.reference or {}
+    if ref.get("mode") in ("adapter_off", "precomputed"):
+        how = "precomputed before training" if ref["mode"] == "precomputed" else "the adapter switched off"
+        lines.append(f"- reference model: {ref.get('model')} ({how})")
+    if meta.init_from:
+        lines.append(f"- started from the adapter of `{meta.init_from}`")
     return lines
 
 

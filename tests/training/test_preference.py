@@ -15,12 +15,14 @@ from transformers import AutoModelForCausalLM
 
 import peftkit
 from peftkit.adapters import attach_adapter
+from peftkit.artifacts.card import adapter_card
 from peftkit.data import make_collator
 from peftkit.data.prepare import prepare_data
 from peftkit.errors import RecipeError, TrainingAborted
 from peftkit.modeling.logps import sequence_logps
 from peftkit.modeling.objective import REFERENCE_FILE, ModelReference
 from peftkit.recipe.schema import AdapterSpec
+from peftkit.rundir import read_run
 from peftkit.training import trainer as trainer_mod
 
 PREF_STATS = {"rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy", "preference_accuracy",
@@ -56,6 +58,17 @@ def test_each_objective_trains_and_logs_its_rewards(assets, tmp_path, objective,
     if reference is not None:  # the policy starts as its reference: nothing preferred yet
         assert result.metrics.eval.before["reward_margin"] == 0.0
         assert result.metrics.eval.before["reward_accuracy"] == 0.0
+
+
+def test_kto_trains_on_unpaired_rows(assets, tmp_path):
+    rows = [{"prompt": f"add {i} and 1", "completion": f"{i} + 1 = {i + 1 + (i % 2)}", "label": i % 2 == 0}
+            for i in range(16)]
+    path = tmp_path / "unpaired.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = peftkit.train(tiny_recipe(assets[0], path, tmp_path / "run", data={"format": "unpaired_preference"},
+                                       train={"objective": "kto", "max_steps": 3}, eval={"metrics": ["loss"]}))
+    assert {"loss", "kl"} <= set(result.metrics.eval.after) and len(result.metrics.train.loss_curve) == 3
+    assert result.metrics.eval.before["loss"] == 0.5  # 1 - sigmoid(0) while policy = reference
 
 
 def test_dpo_learns_an_unambiguous_preference(assets, tmp_path):
@@ -109,6 +122,9 @@ def test_stacked_on_an_sft_adapter_the_reference_is_the_sft_model(assets, sft_ru
     assert meta["init_from"] == str(sft_run)
     assert "precompute_ref: true" in (result.run_dir / "recipe.yaml").read_text()
     assert result.metrics.eval.before["reward_margin"] == 0.0  # it starts as the SFT model it is compared with
+    card = adapter_card(read_run(result.run_dir))
+    assert "objective dpo, beta 0.1" in card and f"started from the adapter of `{sft_run}`" in card
+    assert "precomputed before training" in card
 
     tokenizer, data = prepare_data(recipe)
     table = load_file(str(result.run_dir / REFERENCE_FILE))["eval_logps"]
