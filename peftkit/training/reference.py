@@ -20,12 +20,13 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import RunDirError
 from ..modeling.logps import sequence_logps
-from ..modeling.loss import supports_selective_logits
+from ..modeling.loss import head_reads_last_hidden_state, supports_selective_logits
 from ..modeling.objective import REFERENCE_FILE, ModelReference, Precomputed
 from ..recipe import Recipe
 from ..recipe.schema.train import REFERENCE_OBJECTIVES
 from .batches import Batches
 
+PRECOMPUTE_CHUNK = 256  # trained positions projected to the vocabulary at a time
 PROBE_TOLERANCE = 1e-4  # nats per answer: fp32 noise between two identical forwards is far below it
 
 
@@ -97,17 +98,18 @@ def score_answers(model, rows: list[dict], collate: Callable, batch_size: int, d
     tables indexed by answer_index; answers not scored stay NaN so a lookup of one fails loudly."""
     logps = torch.full((answers,), float("nan"))
     kl = None
+    selective = supports_selective_logits(model)
+    chunk = PRECOMPUTE_CHUNK if selective and head_reads_last_hidden_state(model) else None
     was_training = model.training
     model.eval()
     try:
         for i in range(0, len(rows), batch_size):
             batch = send_to_device(collate(rows[i : i + batch_size]), device)
             index = batch["answer_index"].cpu()
-            selective = supports_selective_logits(model)
-            logps[index] = sequence_logps(model, batch, selective=selective)[0].float().cpu()
+            logps[index] = sequence_logps(model, batch, chunk=chunk, selective=selective)[0].float().cpu()
             if "kl_input_ids" in batch:
                 kl = kl if kl is not None else torch.full((answers,), float("nan"))
-                kl[index] = sequence_logps(model, batch, prefix="kl_", selective=selective)[0].float().cpu()
+                kl[index] = sequence_logps(model, batch, prefix="kl_", chunk=chunk, selective=selective)[0].float().cpu()
     finally:
         model.train(was_training)
     return logps, kl
@@ -125,7 +127,10 @@ def build_references(choice: ReferenceChoice, model, *, train_rows: list[dict], 
     if choice.mode == "none":
         return None, None
     if choice.mode == "adapter_off":
-        ref = ModelReference(model, selective=supports_selective_logits(model), adapter_off=True)
+        selective = supports_selective_logits(model)
+        # one chunk of vocabulary logits alive at a time, as in the policy's own forward
+        chunk = recipe.train.logits_chunk if selective and head_reads_last_hidden_state(model) else None
+        ref = ModelReference(model, chunk=chunk, selective=selective, adapter_off=True)
         return ref, ref
     path = run_dir / REFERENCE_FILE
     if resumed:
