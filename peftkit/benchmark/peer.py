@@ -12,11 +12,16 @@ OPTIMIZERS: dict[str, str | None] = {
 }
 LORA_INITS: dict[str, bool | str] = {"default": True, "gaussian": "gaussian"}
 PEER_METHODS = ("lora", "dora", "rslora")
+# train.objective -> the TRL trainer that mirrors it (trl_preference.py builds each)
+PEER_TRAINERS = {
+    "sft": "trl.SFTTrainer", "dpo": "trl.DPOTrainer", "ipo": "trl.DPOTrainer", "kto": "trl.KTOTrainer",
+    "orpo": "trl.experimental.orpo.ORPOTrainer", "simpo": "trl.experimental.cpo.CPOTrainer",
+}
 
 
 def comparison_problems(recipe: Recipe) -> list[Problem]:
-    """Settings the peer route (TRL SFTTrainer + PEFT LoraConfig) cannot reproduce exactly."""
-    a, out = recipe.adapter, []
+    """Settings the peer route (a TRL trainer + PEFT LoraConfig) cannot reproduce exactly."""
+    a, t, out = recipe.adapter, recipe.train, []
     if a.method not in PEER_METHODS:
         out.append(Problem("adapter.method", f"bench --vs trl compares LoRA-family recipes ({', '.join(PEER_METHODS)})",
                            a.method, True))
@@ -29,6 +34,16 @@ def comparison_problems(recipe: Recipe) -> list[Problem]:
     if recipe.train.optimizer not in OPTIMIZERS:
         out.append(Problem("train.optimizer", f"bench --vs trl mirrors {', '.join(OPTIMIZERS)}",
                            recipe.train.optimizer, True))
+    if a.init_from:
+        out.append(Problem("adapter.init_from", "bench --vs trl: the TRL route starts from a fresh adapter, not a "
+                           "trained one; remove it (or bench the run it starts from)", a.init_from, True))
+    if t.objective == "dpo" and t.preference.label_smoothing:
+        # TRL 1.16's sigmoid loss has no smoothing; its `robust` loss is a different (unbiased) estimator
+        out.append(Problem("train.preference.label_smoothing", "bench --vs trl: TRL's DPOTrainer (sigmoid loss) has "
+                           "no conservative-DPO smoothing; set 0", t.preference.label_smoothing, True))
+    if t.objective == "kto" and recipe.data.format == "unpaired_preference" and t.batch_size < 2:
+        out.append(Problem("train.batch_size", "bench --vs trl: TRL's KTOTrainer needs 2 or more answers per "
+                           "micro-batch (its KL estimate mismatches them)", t.batch_size, True))
     return out
 
 

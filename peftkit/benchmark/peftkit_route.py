@@ -1,6 +1,8 @@
 """The peftkit route: `peftkit.train` on the recipe, exactly as `peftkit train` runs it, except what only the
 bench needs: the loss curve logged every step, no checkpoints, and eval reduced to the held-out loss (no
-generation metrics, no eval-before) so both routes spend the same time measuring."""
+generation metrics, no eval-before) so both routes spend the same time measuring. Preference runs: the loss curve's
+per-step token counts are both sequences of each pair (trained: the answers), and the eval metrics are the run's own
+(metrics.json eval.after: the objective's loss, rewards, margin, reward and preference accuracy)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,15 @@ from ..recipe import Recipe, recipe_from_dict
 from ..rundir import read_run
 from ..training.trainer import train
 from .measure import process_age_s
-from .record import RouteRun, canonical_base, examples_digest, matched_train
+from .record import (
+    RouteRun,
+    canonical_base,
+    examples_digest,
+    matched_preference,
+    matched_train,
+    mean_sequence_tokens,
+    preference_digest,
+)
 
 
 def bench_recipe(recipe: Recipe, run_dir: Path) -> Recipe:
@@ -41,6 +51,9 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
 
     run = read_run(run_dir)  # what the run says it used
     ran = run.recipe
+    preference = ran.train.objective != "sft"
+    # pairs: what is compared is the prompt and trained answer ids, however each route splits and pads them
+    digest = preference_digest(data.train) if preference else examples_digest(data.train)
     adapter = json.loads((run.adapter_dir / "adapter_config.json").read_text())
     gc, packed = run.meta.gradient_checkpointing, run.meta.packing
     q = ran.model.quantization
@@ -60,7 +73,7 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
             "train": matched_train(ran),
             "data": {
                 "max_length": ran.data.max_length, "train_examples": len(data.train),
-                "eval_examples": result.metrics.eval.examples, "examples_sha256": examples_digest(data.train),
+                "eval_examples": result.metrics.eval.examples, "examples_sha256": digest,
             },
             "trainable_params": result.params.trainable,
         },
@@ -80,10 +93,19 @@ def run_peftkit(recipe: Recipe, workdir: Path) -> RouteRun:
             "cpu_4bit_repack_disabled_layers": "all (peftkit.modeling.load)",
         },
     }
+    if preference:  # the objective as the run resolved it; meta.json says where its reference came from
+        settings["matched"]["preference"] = matched_preference(ran, run.meta.reference.get("mode", "none"))
+        settings["matched"] = {k: settings["matched"].pop(k) for k in (
+            "base", "dtype", "quantization", "adapter", "train", "preference", "data", "trainable_params")}
+        settings["defaults"].update({"data_feed": "peftkit.data (prepare_data)", "data_order": "peftkit's sampler "
+                                     "(seed)", "adapter_dropout": "the recipe's"})
+        if ran.train.objective == "orpo":
+            settings["defaults"]["orpo_nll"] = "chosen answer tokens, mean per pair (the paper's)"
+    after = result.metrics.eval.after
     return RouteRun(
         route="peftkit", settings=settings, step_elapsed_s=[curve[s]["elapsed_s"] for s in range(1, steps + 1)],
         step_tokens=tokens, step_trained_tokens=trained, step_loss=[curve[s]["loss"] for s in range(1, steps + 1)],
-        eval_loss=result.metrics.eval.after["loss"], peak_memory_mb=peak, wall_s=wall, memory_kind=kind,
-        trainable_params=result.params.trainable,
-        mean_example_tokens=sum(len(r["input_ids"]) for r in data.train) / max(len(data.train), 1),
+        eval_loss=after["loss"], peak_memory_mb=peak, wall_s=wall, memory_kind=kind,
+        trainable_params=result.params.trainable, mean_example_tokens=mean_sequence_tokens(data.train),
+        eval_metrics=dict(after) if preference else {},
     )

@@ -16,7 +16,15 @@ ROWS = (  # (metric, label, format, which way is better)
     ("final_train_loss", "final train loss (last 5 steps)", "{:.4f}", "lower"),
     ("eval_loss", "eval loss", "{:.4f}", "lower"),
 )
-LABELS = {"peftkit.train": "peftkit", "trl.SFTTrainer": "TRL SFTTrainer"}
+# preference runs: held-out pair metrics, compared as differences (peftkit - peer)
+PREFERENCE_ROWS = (
+    ("eval_reward_accuracy", "eval reward accuracy", "{:.3f}", "higher"),
+    ("eval_preference_accuracy", "eval preference accuracy", "{:.3f}", "higher"),
+    ("eval_reward_margin", "eval reward margin", "{:.4f}", "higher"),
+)
+LABELS = {"peftkit.train": "peftkit", "trl.SFTTrainer": "TRL SFTTrainer", "trl.DPOTrainer": "TRL DPOTrainer",
+          "trl.KTOTrainer": "TRL KTOTrainer", "trl.experimental.orpo.ORPOTrainer": "TRL ORPOTrainer",
+          "trl.experimental.cpo.CPOTrainer": "TRL CPOTrainer"}
 
 
 def _fmt(value, fmt: str) -> str:
@@ -62,6 +70,11 @@ def _table(r: dict, peer: str) -> list[str]:
     for key, label, fmt, better in ROWS:
         cells = (_fmt(med["peftkit"][key], fmt), _fmt(med[peer][key], fmt), _fmt(ratios[key], "{:.2f}x"))
         lines.append(f"| {label} ({better} is better) | {' | '.join(cells)} |")
+    diffs = r.get("differences") or {}
+    for key, label, fmt, better in PREFERENCE_ROWS if diffs else ():
+        diff = _fmt(diffs.get(key), "{:+.3f}") + " (difference)" if diffs.get(key) is not None else "n/a"
+        cells = (_fmt(med["peftkit"][key], fmt), _fmt(med[peer][key], fmt), diff)
+        lines.append(f"| {label} ({better} is better) | {' | '.join(cells)} |")
     pct = "{:.1%}" if min(v or 0 for v in mfu.values()) >= 0.01 else "{:.3%}"  # tiny test models: many digits
     cells = (_fmt(mfu["peftkit"], pct), _fmt(mfu[peer], pct), _fmt(_div(mfu["peftkit"], mfu[peer]), "{:.2f}x"))
     lines.append(f"| model FLOPs utilisation | {' | '.join(cells)} |")
@@ -79,6 +92,8 @@ def _utilisation(u: dict) -> list[str]:
 
 
 def _goals(r: dict) -> list[str]:
+    if "eval_pairs" in r["goals"]:
+        return _preference_goals(r)
     g, ratios = r["goals"], r["ratios"]
     met = {k: "met" if v else "NOT met" for k, v in g["met"].items()}
     tps, mem = _fmt(ratios["trained_tokens_per_s"], "{:.2f}x"), _fmt(ratios["peak_memory_mb"], "{:.2f}x")
@@ -91,13 +106,29 @@ def _goals(r: dict) -> list[str]:
     ]
 
 
+def _preference_goals(r: dict) -> list[str]:
+    g, ratios = r["goals"], r["ratios"]
+    met = {k: "met" if v else "NOT met" for k, v in g["met"].items()}
+    tps, mem = _fmt(ratios["trained_tokens_per_s"], "{:.2f}x"), _fmt(ratios["peak_memory_mb"], "{:.2f}x")
+    lines = [
+        "## Goals (preference tuning issue)", "",
+        f"- trained tokens/s >= {g['trained_tokens_per_s_ratio_min']}x TRL: {tps} — {met['trained_tokens_per_s']}",
+        f"- peak memory <= {g['peak_memory_ratio_max']}x TRL: {mem} — {met['peak_memory']}",
+    ]
+    for name in ("reward_accuracy", "preference_accuracy"):
+        diff, noise = g[f"{name}_diff"], g[f"{name}_noise"]
+        lines.append(f"- eval {name.replace('_', ' ')} equal within noise (|difference| <= {_fmt(noise, '{:.3f}')}, "
+                     f"{g['accuracy_noise_z']} sd on {g['eval_pairs']} pairs): {_fmt(diff, '{:+.3f}')} — {met[name]}")
+    return lines
+
+
 def _settings(r: dict, peer: str) -> list[str]:
     check = r["settings_check"]
     verdict = "identical in every run." if check["ok"] else "MISMATCHED: " + "; ".join(check["mismatches"])
     lines = [
         "## Settings", "",
         ("Matched settings (base, quantization, adapter shape and targets, the examples' tokens and labels, max "
-         f"length, batch, steps, lr, schedule, seed): {verdict}"), "",
+         f"length, batch, steps, lr, schedule, seed{_objective(r)}): {verdict}"), "",
         f"| default each route chose | peftkit | {_label(r, peer)} |", "| --- | --- | --- |",
     ]
     ours, theirs = r["routes"]["peftkit"]["settings"]["defaults"], r["routes"][peer]["settings"]["defaults"]
@@ -106,13 +137,25 @@ def _settings(r: dict, peer: str) -> list[str]:
     return lines
 
 
+def _objective(r: dict) -> str:
+    p = r["routes"]["peftkit"]["settings"]["matched"].get("preference")
+    if not p:
+        return ""
+    keys = ", ".join(f"{k} {v}" for k, v in p.items() if k not in ("objective", "reference"))
+    return f", objective {p['objective']} ({keys}), reference {p['reference']}"
+
+
 def _runs(r: dict) -> list[str]:
-    lines = ["## Runs", "", "| route | run | trained tok/s | tok/s | peak MB | wall s | eval loss |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    pairs = "eval_reward_accuracy" in r["routes"]["peftkit"]["runs"][0]
+    extra = (" reward acc | preference acc |", " ---: | ---: |") if pairs else ("", "")
+    lines = ["## Runs", "", "| route | run | trained tok/s | tok/s | peak MB | wall s | eval loss |" + extra[0],
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + extra[1]]
     for route, data in r["routes"].items():
         for i, x in enumerate(data["runs"], 1):
+            accuracies = (f" {_fmt(x['eval_reward_accuracy'], '{:.3f}')} | "
+                          f"{_fmt(x['eval_preference_accuracy'], '{:.3f}')} |" if pairs else "")
             lines.append(f"| {route} | {i} | {x['trained_tokens_per_s']:,.0f} | {x['tokens_per_s']:,.0f} | "
-                         f"{x['peak_memory_mb']:,.0f} | {x['wall_s']:.1f} | {x['eval_loss']:.4f} |")
+                         f"{x['peak_memory_mb']:,.0f} | {x['wall_s']:.1f} | {x['eval_loss']:.4f} |{accuracies}")
     return lines
 
 

@@ -27,6 +27,10 @@ def _run(route: str, spec: dict) -> RouteRun:
         from .peftkit_route import run_peftkit
 
         return run_peftkit(recipe, workdir)
+    if recipe.train.objective != "sft":
+        from .trl_preference import run_trl_preference
+
+        return run_trl_preference(recipe, workdir)
     from .trl_route import run_trl
 
     return run_trl(recipe, workdir)

@@ -34,14 +34,18 @@ from .measure import (
     tail_mean,
 )
 from .peer import check_comparable
-from .record import RouteRun, canonical_base, matched_train, write_spec
+from .record import RouteRun, canonical_base, expected_reference, matched_preference, matched_train, write_spec
 from .report import write_results
 
 SCHEMA = "peftkit-bench/1"
 METRICS = ("trained_tokens_per_s", "tokens_per_s", "peak_memory_mb", "wall_s", "train_s", "final_train_loss",
            "eval_loss")
+# Preference runs also compare the held-out pair metrics (peftkit.evaluation.preference, the same function on both).
+PREFERENCE_METRICS = ("eval_reward_accuracy", "eval_preference_accuracy", "eval_reward_margin")
 # The performance issue's targets for peftkit against the TRL route (smollm2-qlora-codealpaca).
 GOALS = {"trained_tokens_per_s_ratio_min": 1.5, "peak_memory_ratio_max": 0.7, "eval_loss_rel_diff_max": 0.02}
+# Issue 15's targets for preference recipes (smollm2-qlora-hh-dpo); accuracies must agree within sampling noise.
+PREFERENCE_GOALS = {"trained_tokens_per_s_ratio_min": 1.3, "peak_memory_ratio_max": 0.8, "accuracy_noise_z": 1.96}
 DEFINITIONS = {
     "trained_tokens_per_s": "tokens carrying loss per second of training, over the steps after the warm-up",
     "tokens_per_s": "non-pad tokens (prompt and response) per second of training, over the steps after the warm-up",
@@ -53,7 +57,21 @@ DEFINITIONS = {
     "eval_loss": "token-weighted mean loss on the held-out examples (eval.max_examples), both routes scored by "
                  "peftkit.evaluation.measure.eval_loss",
     "mfu": "model FLOPs per token x tokens_per_s / the matmul rate, in the dtype the run computes in, measured at "
-           "the start of the bench",
+           "the start of the bench (dpo/ipo/kto's no-grad reference forward is not counted)",
+}
+PREFERENCE_DEFINITIONS = {
+    "trained_tokens_per_s": "answer tokens (chosen and rejected, each through its end-of-turn) per second of "
+                            "training, over the steps after the warm-up",
+    "tokens_per_s": "non-pad tokens of both sequences of each pair (prompt and answer each) per second of training; "
+                    "TRL's sequences end at the answer's end-of-turn, peftkit's keep the template's newline after it",
+    "eval_loss": "the objective's loss on the held-out pairs (eval.max_examples), both routes scored by "
+                 "peftkit.evaluation.preference.preference_metrics",
+    "eval_reward_accuracy": "share of held-out pairs whose implicit reward ranks the chosen answer first",
+    "eval_preference_accuracy": "share of held-out pairs where the model gives the chosen answer the higher summed "
+                                "log-probability",
+    "eval_reward_margin": "mean implicit reward of the chosen answer minus the rejected one's",
+    "accuracy_noise": "z x sqrt(2 p (1 - p) / N): the spread of the difference of two accuracies p measured on N "
+                      "pairs each; a difference below it is within noise",
 }
 REQUIRED = ("trl", "datasets", "matplotlib")
 
@@ -73,6 +91,7 @@ class BenchResult:
 
 def summarize(run: RouteRun, warmup: int) -> dict:
     rates = steady_rates(run.step_elapsed_s, run.step_tokens, run.step_trained_tokens, warmup)
+    pairs = {f"eval_{k}": run.eval_metrics.get(k) for k in ("reward_accuracy", "preference_accuracy", "reward_margin")}
     return {
         "trained_tokens_per_s": rates.trained_tokens_per_s,
         "tokens_per_s": rates.tokens_per_s,
@@ -81,6 +100,7 @@ def summarize(run: RouteRun, warmup: int) -> dict:
         "train_s": run.step_elapsed_s[-1],
         "final_train_loss": tail_mean(run.step_loss),
         "eval_loss": run.eval_loss,
+        **(pairs if run.eval_metrics else {}),
         "memory_kind": run.memory_kind,
         "steps": len(run.step_elapsed_s),
         "timed_steps": rates.timed_steps,
@@ -100,6 +120,10 @@ def median(runs: list[dict], key: str) -> float | None:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b not in (None, 0) else None
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
 
 
 def _close(a, b) -> bool:
@@ -123,6 +147,7 @@ def mismatches(expected: dict, got: dict, prefix: str = "") -> list[str]:
 def expected_settings(recipe: Recipe) -> dict:
     """What the recipe fixes for both routes (target names, example digest and counts are compared route to route)."""
     q = recipe.model.quantization
+    preference = matched_preference(recipe, expected_reference(recipe))
     return {
         "base": canonical_base(resolve_base(recipe.model.base).path_or_id),
         "dtype": recipe.model.dtype,
@@ -131,6 +156,7 @@ def expected_settings(recipe: Recipe) -> dict:
         "adapter": {"method": recipe.adapter.method, "rank": recipe.adapter.rank, "alpha": float(recipe.adapter.alpha),
                     "dropout": recipe.adapter.dropout},
         "train": matched_train(recipe),
+        **({"preference": preference} if preference else {}),
         "data": {"max_length": recipe.data.max_length},
     }
 
@@ -193,6 +219,29 @@ def _goals(ratios: dict, medians: dict) -> dict:
     }}
 
 
+def accuracy_noise(p: float, n: int, z: float) -> float:
+    """z standard deviations of the difference of two accuracies near p, each measured on n pairs."""
+    return z * math.sqrt(2 * p * (1 - p) / max(n, 1))
+
+
+def _preference_goals(ratios: dict, medians: dict, eval_pairs: int) -> dict:
+    g, tps, mem = PREFERENCE_GOALS, ratios["trained_tokens_per_s"], ratios["peak_memory_mb"]
+    out = {**g, "eval_pairs": eval_pairs, "met": {
+        "trained_tokens_per_s": tps is not None and tps >= g["trained_tokens_per_s_ratio_min"],
+        "peak_memory": mem is not None and mem <= g["peak_memory_ratio_max"],
+    }}
+    for name in ("reward_accuracy", "preference_accuracy"):
+        a, b = medians["peftkit"][f"eval_{name}"], medians["trl"][f"eval_{name}"]
+        if a is None or b is None:
+            out[f"{name}_diff"], out[f"{name}_noise"], out["met"][name] = None, None, False
+            continue
+        # at least one pair's worth: with both accuracies at 0 or 1 the formula gives 0
+        noise = max(accuracy_noise((a + b) / 2, eval_pairs, g["accuracy_noise_z"]), 1 / max(eval_pairs, 1))
+        out[f"{name}_diff"], out[f"{name}_noise"] = a - b, noise
+        out["met"][name] = abs(a - b) <= noise
+    return out
+
+
 def run_bench(
     recipe_path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, vs: str = "trl", repeats: int = 2,
     warmup_steps: int = 2, name: str | None = None, out_dir: str | Path = "benchmarks/results",
@@ -230,12 +279,16 @@ def run_bench(
         runs[route].append(run)
         rows[route].append(summarize(run, warmup_steps))
         r = rows[route][-1]
+        accuracy = (f", reward acc {r['eval_reward_accuracy']:.3f}, preference acc "
+                    f"{r['eval_preference_accuracy']:.3f}" if "eval_reward_accuracy" in r else "")
         console.print(f"      {r['wall_s']:.0f} s: {r['trained_tokens_per_s']:.0f} trained tok/s, "
-                      f"peak {r['peak_memory_mb']:.0f} MB, eval loss {r['eval_loss']:.4f}", highlight=False)
+                      f"peak {r['peak_memory_mb']:.0f} MB, eval loss {r['eval_loss']:.4f}{accuracy}", highlight=False)
     machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
-    medians = {route: {m: median(rows[route], m) for m in METRICS} for route in rows}
-    ratios = {m: _ratio(medians["peftkit"][m], medians[vs][m]) for m in METRICS}
+    preference = recipe.train.objective != "sft"
+    metrics = METRICS + PREFERENCE_METRICS if preference else METRICS
+    medians = {route: {m: median(rows[route], m) for m in metrics} for route in rows}
+    ratios = {m: _ratio(medians["peftkit"][m], medians[vs][m]) for m in metrics}
     problems = check_settings(recipe, runs)
     results = {
         "schema": SCHEMA,
@@ -248,14 +301,20 @@ def run_bench(
         "precision": precision.to_dict(),
         "machine": machine,
         "method": {"order": order, "repeats": repeats, "warmup_steps_excluded": warmup_steps, "statistic": "median",
-                   "definitions": DEFINITIONS},
+                   "definitions": {**DEFINITIONS, **PREFERENCE_DEFINITIONS} if preference else DEFINITIONS},
         "routes": {route: {"settings": runs[route][0].settings, "runs": rows[route]} for route in rows},
         "medians": medians,
         "ratios": ratios,
         "settings_check": {"ok": not problems, "mismatches": problems},
         "utilisation": _utilisation(recipe, runs, medians, probe),
     }
-    results["goals"] = _goals(ratios, medians)
+    if preference:  # accuracies and margins compare as differences (peftkit - trl): a ratio of accuracies says little
+        results["differences"] = {m: _diff(medians["peftkit"][m], medians[vs][m])
+                                  for m in ("eval_loss", *PREFERENCE_METRICS)}
+        eval_pairs = runs["peftkit"][0].settings["matched"]["data"]["eval_examples"]
+        results["goals"] = _preference_goals(ratios, medians, eval_pairs)
+    else:
+        results["goals"] = _goals(ratios, medians)
     paths = write_results(results, Path(out_dir), name)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)

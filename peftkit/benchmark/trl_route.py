@@ -108,8 +108,9 @@ def lora_config(recipe: Recipe, model: torch.nn.Module) -> LoraConfig:
     )
 
 
-def _arguments(recipe: Recipe, workdir: Path, cls):
-    t, cuda = recipe.train, torch.cuda.is_available()
+def matched_arguments(recipe: Recipe) -> dict:
+    """The recipe's optimisation settings as transformers TrainingArguments fields (every TRL config takes them)."""
+    t = recipe.train
     matched = {
         "per_device_train_batch_size": t.batch_size, "gradient_accumulation_steps": t.grad_accum,
         "max_steps": t.max_steps, "learning_rate": t.lr, "lr_scheduler_type": SCHEDULES[t.schedule],
@@ -119,13 +120,23 @@ def _arguments(recipe: Recipe, workdir: Path, cls):
     }
     if OPTIMIZERS[t.optimizer]:
         matched["optim"] = OPTIMIZERS[t.optimizer]
+    return matched
+
+
+# Measurement-only arguments: log every step, save nothing, no progress bar; use_cpu: see the module docstring.
+def measurement_arguments(workdir: Path) -> dict:
+    return {"output_dir": str(workdir), "use_cpu": not torch.cuda.is_available(), "logging_steps": 1,
+            "report_to": "none", "save_strategy": "no", "disable_tqdm": True}
+
+
+def _arguments(recipe: Recipe, workdir: Path, cls):
+    matched = matched_arguments(recipe)
     if cls is SFTConfig:
         matched["max_length"] = recipe.data.max_length
-    return cls(output_dir=str(workdir), use_cpu=not cuda, logging_steps=1, report_to="none", save_strategy="no",
-               disable_tqdm=True, **matched)
+    return cls(**measurement_arguments(workdir), **matched)
 
 
-def _load_model(recipe: Recipe, path: str, label_names: tuple[str, ...] | None):
+def load_model(recipe: Recipe, path: str, label_names: tuple[str, ...] | None):
     spec, cuda = recipe.model, torch.cuda.is_available()
     kwargs = {"dtype": DTYPES[spec.dtype], "quantization_config": bnb_config(spec.quantization, task=spec.task),
               "trust_remote_code": spec.trust_remote_code}
@@ -141,7 +152,7 @@ def _load_model(recipe: Recipe, path: str, label_names: tuple[str, ...] | None):
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
-def _quantization(model) -> dict:
+def quantization_of(model) -> dict:
     q = getattr(model.config, "quantization_config", None)
     if q is None:
         return {"bits": None}
@@ -152,41 +163,54 @@ def _quantization(model) -> dict:
             "compute_dtype": str(q["bnb_4bit_compute_dtype"]).removeprefix("torch.")}
 
 
-def _settings(trainer, model, eval_examples: int, fixed_layers: int, classify: bool, recipe: Recipe) -> dict:
-    """What the TRL route actually used, read back from the live trainer, model and PEFT config."""
+def read_back(trainer, model) -> tuple[dict, dict]:
+    """(matched, defaults) that every TRL route shares, read back from the live trainer, model and PEFT config:
+    base, quantization, adapter shape, optimisation settings; and the defaults TRL chose."""
     args, peft = trainer.args, trainer.model.peft_config["default"]
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
-    return {
-        "matched": {
-            "base": canonical_base(model.name_or_path),
-            "dtype": str(model.dtype).removeprefix("torch."),
-            "quantization": _quantization(model),
-            "adapter": {
-                "method": "dora" if peft.use_dora else "rslora" if peft.use_rslora else "lora",
-                "rank": peft.r, "alpha": float(peft.lora_alpha), "dropout": peft.lora_dropout,
-                "targets": sorted(peft.target_modules), "modules_to_save": sorted(peft.modules_to_save or []),
-            },
-            "train": {
-                "lr": args.learning_rate, "max_steps": args.max_steps, "batch_size": args.per_device_train_batch_size,
-                "grad_accum": args.gradient_accumulation_steps, "seed": args.seed,
-                "schedule": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
-                "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
-                "max_grad_norm": args.max_grad_norm or None,
-            },
-            "data": {
-                "max_length": getattr(args, "max_length", recipe.data.max_length),
-                "train_examples": len(trainer.train_dataset), "eval_examples": eval_examples,
-                "examples_sha256": examples_digest(trainer.train_dataset),
-            },
-            "trainable_params": sum(p.numel() for p in trainable),
+    matched = {
+        "base": canonical_base(model.name_or_path),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "quantization": quantization_of(model),
+        "adapter": {
+            "method": "dora" if peft.use_dora else "rslora" if peft.use_rslora else "lora",
+            "rank": peft.r, "alpha": float(peft.lora_alpha), "dropout": peft.lora_dropout,
+            "targets": sorted(peft.target_modules), "modules_to_save": sorted(peft.modules_to_save or []),
         },
+        "train": {
+            "lr": args.learning_rate, "max_steps": args.max_steps, "batch_size": args.per_device_train_batch_size,
+            "grad_accum": args.gradient_accumulation_steps, "seed": args.seed,
+            "schedule": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+            "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
+            "max_grad_norm": args.max_grad_norm or None,
+        },
+        "trainable_params": sum(p.numel() for p in trainable),
+    }
+    defaults = {
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+        "adapter_dtype": str(trainable[0].dtype).removeprefix("torch."),
+        "attn_implementation": model.config._attn_implementation,
+        "optimizer": getattr(args.optim, "value", args.optim),
+    }
+    return matched, defaults
+
+
+def _settings(trainer, model, eval_examples: int, fixed_layers: int, classify: bool, recipe: Recipe) -> dict:
+    """What the TRL route actually used, read back from the live trainer, model and PEFT config."""
+    args = trainer.args
+    matched, defaults = read_back(trainer, model)
+    matched["data"] = {
+        "max_length": getattr(args, "max_length", recipe.data.max_length),
+        "train_examples": len(trainer.train_dataset), "eval_examples": eval_examples,
+        "examples_sha256": examples_digest(trainer.train_dataset),
+    }
+    matched["trainable_params"] = matched.pop("trainable_params")  # keep the key order of the results files
+    return {
+        "matched": matched,
         "defaults": {
             "trainer": "trl.SFTTrainer" if not classify else "transformers.Trainer (SFTTrainer is causal-LM only)",
-            "gradient_checkpointing": bool(args.gradient_checkpointing),
-            "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
-            "adapter_dtype": str(trainable[0].dtype).removeprefix("torch."),
-            "attn_implementation": model.config._attn_implementation,
-            "optimizer": getattr(args.optim, "value", args.optim),
+            **defaults,
             "packing": bool(getattr(args, "packing", False)),
             "padding_free": bool(getattr(trainer, "padding_free", False)),
             "vocabulary_projection": "every position",
@@ -209,7 +233,7 @@ def run_trl(recipe: Recipe, workdir: Path) -> RouteRun:
     del data  # a TRL user holds the dataset only, not also peftkit's Python lists: do not charge them to its memory
     gc.collect()
 
-    model = _load_model(recipe, source.path_or_id, label_names)
+    model = load_model(recipe, source.path_or_id, label_names)
     clock = StepClock()
     if classify:
         trainer = CountedTrainer(
