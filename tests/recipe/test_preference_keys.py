@@ -23,6 +23,7 @@ def _load(*overrides: str):
     (("train.objective=orpo", "train.preference.label_smoothing=0.1"), "train", "read by objective dpo/simpo"),
     (("train.objective=simpo", "train.precompute_ref=true"), "train", "uses no reference model"),
     (("train.objective=dpo", "data.packing=true"), "data", "set packing to false"),
+    (("train.objective=dpo", "data.train_on_inputs=true"), "data", "compare answers only"),
     (("train.objective=dpo", "train.preference.beta=0"), "train.preference.beta", "greater than 0"),
 ])
 def test_mistakes_name_the_key(overrides, key, words):

@@ -113,6 +113,8 @@ class DataSpec(Section):
             raise ValueError("packing applies to causal LM formats, not classification")
         if self.packing is True and self.format in PREFERENCE_FORMATS:
             raise ValueError("preference answers are scored as whole sequences, one per row: set packing to false")
+        if self.train_on_inputs and self.format in PREFERENCE_FORMATS:
+            raise ValueError("preference objectives compare answers only: set train_on_inputs to false")
         return self
 
     @model_validator(mode="after")
