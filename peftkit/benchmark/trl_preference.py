@@ -12,7 +12,7 @@ prompt_len]) and each answer's trained span (record.answer_ids: through its end-
 after it carries no loss). TRL's trainers accept that form in their collators, but their dataset preparation only
 tokenizes text, so that one step is replaced: DPOTrainer / KTOTrainer `_prepare_dataset` returns the ids as given,
 ORPOTrainer / CPOTrainer `tokenize_row` builds its prompt/chosen/rejected features from them (prompt masked with
--100). No BOS or EOS is added and nothing is re-tokenized. `check_received` then reads the trainer's prepared dataset
+IGNORE_INDEX). No BOS or EOS is added and nothing is re-tokenized. `check_received` then reads the trainer's prepared dataset
 back and fails loudly unless it holds exactly those ids.
 
 KTO: TRL samples in order (its KL estimate needs it), so it is given the answers in the order peftkit's sampler
