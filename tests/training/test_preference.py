@@ -193,3 +193,16 @@ def test_init_from_errors_name_the_key(assets, sft_run, tmp_path):
     with pytest.raises(RecipeError, match="adapter.init_from: its adapter is lora, the recipe's adapter.method is loha"):
         peftkit.train(_recipe(assets, tmp_path / "b", adapter={"init_from": str(sft_run), "method": "loha"},
                               train={"objective": "dpo"}))
+
+
+def test_preflight_reads_pairs_before_any_weights_load(assets, tmp_path):
+    from peftkit.errors import DataError
+    from peftkit.training.preflight import preflight
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"
+                   + json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    recipe = tiny_recipe(assets[0], bad, tmp_path / "run", data={"format": "preference"},
+                         train={"objective": "dpo"})
+    with pytest.raises(DataError, match=r"row 2: missing field 'rejected'"):
+        preflight(recipe, tmp_path / "run", resume=False)
