@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="train a recipe with peftkit and with the plain TRL route; compare speed, memory, loss")
     _add_recipe_args(p)
-    p.add_argument("--vs", choices=("trl",), default="trl", help="peer route: TRL SFTTrainer + PEFT + bitsandbytes")
+    p.add_argument("--vs", choices=("trl",), default="trl", help="peer route: TRL + PEFT + bitsandbytes "
+                   "(SFTTrainer; DPOTrainer, ORPOTrainer, CPOTrainer or KTOTrainer for preference recipes)")
     p.add_argument("--repeats", type=int, default=2, help="runs per route, alternating A B A B; medians reported")
     p.add_argument("--warmup-steps", type=int, default=2, help="leading steps left out of the token rates")
     p.add_argument("--name", help="results file stem (default: the recipe name)")

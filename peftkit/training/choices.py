@@ -66,7 +66,7 @@ def choose_checkpointing(setting: bool | str, *, batch_size: int, max_length: in
     budget = int(BUDGET_SHARE * (device_bytes or device_memory_bytes()))
     on = estimate > budget
     why = (f"auto: activations of a {batch_size} x {max_length}-token batch ~{estimate / 2**30:.1f} GiB "
-           f"{'>' if on else '<='} {BUDGET_SHARE:.0%} of device memory ({budget / 2**30:.1f} GiB)")
+           f"{'>' if on else '<='} {budget / 2**30:.1f} GiB, {BUDGET_SHARE:.0%} of device memory)")
     return CheckpointingChoice(on, why, estimate, budget)
 
 
