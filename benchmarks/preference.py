@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from peftkit.hardware import detect
@@ -24,23 +23,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SHOWN = ("reward_accuracy", "preference_accuracy", "reward_margin")
 
 
-def run(recipe: str, objective: str, overrides: list[str]) -> dict:
+def run(recipe: str, objective: str, overrides: list[str], *, collect: bool) -> dict:
+    """Trains (unless `collect`: read a finished run directory of an earlier invocation) and reads the run back."""
     name = f"{Path(recipe).stem}-{objective}"
     run_dir = ROOT / "runs" / name
-    cmd = [sys.executable, "-m", "peftkit", "train", recipe, f"train.objective={objective}", "--force",
-           "--run-dir", str(run_dir), *overrides]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    cmd = [sys.executable, "-m", "peftkit", "train", recipe, f"train.objective={objective}", *overrides, "--force",
+           "--run-dir", str(run_dir)]
+    if not collect:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     metrics, meta = (json.loads((run_dir / f).read_text()) for f in ("metrics.json", "meta.json"))
     before, after = metrics["eval"]["before"] or {}, metrics["eval"]["after"]
     return {
         "objective": objective,
         "command": "peftkit train " + " ".join(cmd[4:]).replace(str(ROOT) + "/", ""),
         "steps": metrics["train"]["steps"],
-        "wall_s": round(wall, 1),
+        "wall_s": round(metrics["train"]["wall_s"], 1),  # train(): data, model load, eval before/after, saving
         "train_s": round(metrics["train"]["train_s"], 1),
         "trained_tokens_per_s": round(metrics["train"]["trained_tokens_per_s"], 1),
         "peak_memory_mb": round(metrics["train"]["peak_memory_mb"], 1),
@@ -66,22 +65,27 @@ def main() -> None:
     p.add_argument("--recipe", default="recipes/quickstart-dpo.yaml")
     p.add_argument("--objectives", nargs="+", default=["dpo", "ipo", "orpo", "simpo", "kto"])
     p.add_argument("--out", default="preference")
+    p.add_argument("--collect", nargs="*", default=[], metavar="OBJECTIVE",
+                   help="objectives whose finished run directories are read instead of trained again")
+    p.add_argument("--note", default="", help="a line for the markdown, e.g. what else ran on the machine")
     p.add_argument("overrides", nargs="*", help="recipe overrides for every run, e.g. train.max_steps=10")
     args = p.parse_args()
     hw = detect()
     machine = {"cpu": hw.cpu_model, "cpu_flags": [f for f, on in hw.isa().items() if on], "cores": os.cpu_count()}
-    rows = [run(args.recipe, o, args.overrides) for o in args.objectives]
+    rows = [run(args.recipe, o, args.overrides, collect=o in args.collect) for o in args.objectives]
     out = ROOT / "benchmarks" / "results"
     (out / f"{args.out}.json").write_text(json.dumps(
         {"script": "benchmarks/preference.py", "recipe": args.recipe, "overrides": args.overrides,
-         "machine": machine, "runs": rows}, indent=2) + "\n")
+         "machine": machine, "note": args.note, "runs": rows}, indent=2) + "\n")
     lines = [
         f"# Preference objectives on `{args.recipe}`" + (f" ({' '.join(args.overrides)})" if args.overrides else ""),
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, flags: {' '.join(machine['cpu_flags'])}. "
         "Held-out pairs, before -> after training. reward accuracy: the implicit reward (policy vs reference "
         "log-ratio, or the reference-free reward of orpo/simpo) ranks the chosen answer first; preference accuracy: "
-        "the model's own summed log-probability of the chosen answer is the higher.",
+        "the model's own summed log-probability of the chosen answer is the higher. wall s: train() from start to "
+        "end (data, model load, reference precompute, eval before and after, saving).",
+        *(["", args.note] if args.note else []),
         "",
         "| objective | steps | wall s | train s | trained tok/s | peak MB | reward accuracy | preference accuracy "
         "| reward margin | exact match | reference | precision (weights / 4-bit compute / autocast) |",
