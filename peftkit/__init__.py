@@ -7,6 +7,7 @@
     peftkit.merge(result.run_dir)                   # checked merge into the dequantized base
     peftkit.export(result.run_dir, format="gguf")   # GGUF + Ollama Modelfile
     peftkit.bench("recipes/quickstart.yaml")        # peftkit vs the plain TRL route, same work
+    peftkit.plan(recipe, memory=12 * 2**30)         # will it fit a 12 GB card? -> MemoryPlan(estimate, fits, advice)
 
 The verbs are plain functions here; the packages that do the work are nouns (training, evaluation, artifacts,
 benchmark), so no name shadows another. Heavy libraries (torch, transformers) are imported by the functions that
@@ -23,6 +24,7 @@ from .recipe import Recipe, load_recipe
 if TYPE_CHECKING:
     from .artifacts.commands import ExportResult, MergeResult
     from .benchmark.runner import BenchResult
+    from .planning.plan import MemoryPlan
     from .rundir import EvalRecord
     from .training.trainer import RunResult
 
@@ -65,7 +67,15 @@ def bench(recipe_path, overrides=(), **kwargs) -> BenchResult:
     return run_bench(recipe_path, overrides, **kwargs)
 
 
+def plan(recipe: Recipe, **kwargs) -> MemoryPlan:
+    """The recipe's memory, line by line, from the base's config alone; which common cards it fits; with
+    memory=BYTES, the changes that make it fit. See peftkit.planning.plan.plan_recipe."""
+    from .planning.plan import plan_recipe
+
+    return plan_recipe(recipe, **kwargs)
+
+
 __all__ = [
     "DataError", "ModelError", "PeftkitError", "Recipe", "RecipeError", "RunDirError", "bench", "evaluate", "export",
-    "load_recipe", "merge", "train",
+    "load_recipe", "merge", "plan", "train",
 ]

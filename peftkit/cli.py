@@ -135,6 +135,43 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from rich.table import Table
+
+    from . import load_recipe, plan
+    from .planning.cards import parse_memory
+
+    memory = parse_memory(args.memory) if args.memory is not None else None
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = plan(recipe, memory=memory, device=args.device, config_file=args.config)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    est, gib = result.estimate, 2**30
+    s = est.settings
+    view = Table(title=f"{result.recipe} on {s.device}: {result.base} ({result.config_source})", title_justify="left")
+    for col in ("", "GiB", "when", "what"):
+        view.add_column(col, justify="right" if col == "GiB" else "left")
+    for line in est.lines:
+        view.add_row(line.label, f"{line.bytes / gib:.2f}", line.phase, escape(line.note))
+    view.add_row("[bold]peak[/]", f"[bold]{est.peak_bytes / gib:.2f}[/]", "", "held + max(train, eval) + overhead")
+    out.print(view)
+    out.print(f"assumed: weights {s.dtype}, activations {s.activations}{' (autocast)' if s.autocast else ''}, "
+              f"{s.attention} attention, recompute {'on' if s.recompute else 'off'} ({s.recompute_why}), "
+              f"{s.tokens_per_step:,} tokens per micro-batch", highlight=False)
+    out.print("fits: " + "  ".join(f"{card} {'yes' if ok else 'no'}" for card, ok in result.fits.items()),
+              highlight=False)
+    if memory is not None:
+        verdict = "fits" if est.peak_bytes <= memory else "does not fit"
+        out.print(f"{args.memory}: {verdict} ({est.peak_bytes / gib:.2f} GiB of {memory / gib:.2f} GiB)", highlight=False)
+        for i, step in enumerate(result.advice, 1):
+            out.print(f"  {i}. {' '.join(step.overrides)}  -> {step.peak_bytes / gib:.2f} GiB"
+                      f"{' (fits)' if step.fits else ''}: {step.change}", highlight=False)
+        if result.advice and not result.advice[-1].fits:
+            out.print("  even with all of these it does not fit: a smaller base model, or a larger card", highlight=False)
+    return 0
+
+
 def cmd_recipes_validate(args) -> int:
     from . import load_recipe
 
@@ -235,6 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-work", action="store_true", help="keep each run's log and run folder")
     p.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("plan", help="will the recipe fit a GPU? memory line by line from the base's config, no weights")
+    _add_recipe_args(p)
+    p.add_argument("--memory", metavar="SIZE", help="a card's memory, e.g. 12GB (GB = GiB, as cards report it): "
+                   "whether it fits, and the changes that make it fit")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="where training runs (default cuda; cpu: this machine, its auto precision and RAM)")
+    p.add_argument("--config", metavar="FILE", help="the base's config.json, when it is neither cached nor shipped")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_plan)
 
     recipes = sub.add_parser("recipes", help="check recipes and list their keys").add_subparsers(dest="sub", required=True)
     p = recipes.add_parser("validate", help="validate a recipe (and overrides) without loading a model")

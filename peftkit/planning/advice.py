@@ -1,0 +1,110 @@
+"""What to change so a recipe fits a memory size: the cheapest levers first, each applied on top of the ones before
+it and kept only when it lowers the estimate, until the plan fits. Every step is the KEY=VALUE overrides a user
+pastes after the recipe (`peftkit train RECIPE <overrides>`), with the estimate they lead to.
+
+Order (cheapest first): recompute on (slower steps, same result), a smaller micro-batch with more accumulation
+(same effective batch), a shorter max_length (longer examples are truncated), chunked logits, 4-bit instead of
+8-bit or 16-bit weights, a paged 8-bit optimizer (CUDA), a lower adapter rank (changes what is learned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ..errors import PeftkitError
+from ..recipe import Recipe
+from ..recipe.schema.adapter import READ_BY
+from .estimate import Estimate, with_overrides
+
+MIN_LENGTH = 128
+MIN_RANK = 4
+
+
+@dataclass(frozen=True)
+class Step:
+    change: str  # in words
+    overrides: tuple[str, ...]  # as typed on the command line
+    peak_bytes: int  # the estimate with this step and every step before it
+    fits: bool
+
+
+def advise(recipe: Recipe, memory: int, estimate_of: Callable[[Recipe], Estimate]) -> tuple[Step, ...]:
+    """Steps that bring `recipe` under `memory` bytes (the last one fits), or every step that helped when even all
+    of them are not enough; () when it already fits. `estimate_of`: the planner for this base and device."""
+    current, est = recipe, estimate_of(recipe)
+    steps: list[Step] = []
+    for lever in LEVERS:
+        if est.peak_bytes <= memory:
+            break
+        best = None
+        for change, overrides in lever(current, est):
+            try:
+                candidate = with_overrides(current, list(overrides))
+            except PeftkitError:
+                continue  # this base / method refuses the change (e.g. loha on 4-bit): not advice
+            new = estimate_of(candidate)
+            if new.peak_bytes >= est.peak_bytes:
+                continue
+            best = (change, overrides, candidate, new)
+            if new.peak_bytes <= memory:
+                break  # the mildest value of this lever that fits
+        if best:
+            change, overrides, current, est = best
+            steps.append(Step(change, tuple(overrides), est.peak_bytes, est.peak_bytes <= memory))
+    return tuple(steps)
+
+
+Lever = Callable[[Recipe, Estimate], Iterator[tuple[str, tuple[str, ...]]]]
+
+
+def _recompute(r: Recipe, est: Estimate):
+    if not est.settings.recompute:
+        yield "recompute activations in the backward (gradient checkpointing): slower steps, same result", (
+            "train.gradient_checkpointing=true",)
+
+
+def _micro_batch(r: Recipe, est: Estimate):
+    b, acc = r.train.batch_size, r.train.grad_accum
+    for smaller in (d for d in range(b - 1, 0, -1) if b % d == 0):
+        yield (f"micro-batch {smaller} x {acc * b // smaller} accumulation steps (effective batch {b * acc} kept)",
+               (f"train.batch_size={smaller}", f"train.grad_accum={acc * b // smaller}"))
+
+
+def _max_length(r: Recipe, est: Estimate):
+    length = r.data.max_length // 2
+    while length >= MIN_LENGTH:
+        yield f"max_length {length} (longer examples are truncated; `peftkit data stats` counts them)", (
+            f"data.max_length={length}",)
+        length //= 2
+
+
+def _chunked_logits(r: Recipe, est: Estimate):
+    if r.model.task == "causal_lm" and not est.settings.logits.startswith("chunked"):
+        overrides = (() if r.train.selective_logits else ("train.selective_logits=true",)) + (
+            () if r.train.logits_chunk else ("train.logits_chunk=256",))
+        if overrides:
+            yield "project to the vocabulary 256 trained positions at a time", overrides
+
+
+def _four_bit(r: Recipe, est: Estimate):
+    if r.model.quantization.bits != 4:
+        yield "load the base in 4-bit NF4 (QLoRA)", ("model.quantization.bits=4",)
+
+
+def _paged_optimizer(r: Recipe, est: Estimate):
+    if est.settings.device == "cuda" and r.train.optimizer != "paged_adamw_8bit":
+        yield "paged 8-bit AdamW (bitsandbytes): 8-bit state that pages to host memory under pressure", (
+            "train.optimizer=paged_adamw_8bit",)
+
+
+def _rank(r: Recipe, est: Estimate):
+    if r.adapter.method not in READ_BY["rank"]:
+        return
+    rank = r.adapter.rank // 2
+    while rank >= MIN_RANK:
+        yield f"adapter rank {rank} (fewer trained parameters; learns less)", (f"adapter.rank={rank}",)
+        rank //= 2
+
+
+LEVERS: tuple[Lever, ...] = (_recompute, _micro_batch, _max_length, _chunked_logits, _four_bit, _paged_optimizer, _rank)
