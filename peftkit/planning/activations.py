@@ -92,6 +92,18 @@ def activation_bytes(shape: BaseShape, tokens: int, m: ActivationModel, *, recom
 BUDGET_SHARE = 0.25
 
 
+def architecture(values: dict) -> tuple[bool, bool, bool]:
+    """(gated MLP, RMSNorm, attention dropout) from a config.json's numbers: a config with rms_norm_eps is a
+    Llama-family decoder (RMSNorm, SwiGLU/GeGLU); without it, LayerNorm and a GELU MLP (BERT, GPT-2).
+    peftkit.planning.inventory reads the same from the built model."""
+    if isinstance(values.get("text_config"), dict):
+        values = {**values, **values["text_config"]}
+    rms = "rms_norm_eps" in values
+    dropout = any(isinstance(values.get(k), (int, float)) and values[k] > 0
+                  for k in ("attention_probs_dropout_prob", "attention_dropout"))
+    return rms, rms, dropout
+
+
 def model_for(adapter, *, act_bytes: int, autocast: bool, eager_seq: int | None = None, gated_mlp: bool = True,
               rms_norm: bool = True, norms_per_layer: int = 2, chunked_loss: bool = False) -> ActivationModel:
     """The activation model of a recipe's adapter section (peftkit.recipe.schema.AdapterSpec) on a base whose

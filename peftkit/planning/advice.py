@@ -66,6 +66,8 @@ def _recompute(r: Recipe, est: Estimate):
 
 def _micro_batch(r: Recipe, est: Estimate):
     b, acc = r.train.batch_size, r.train.grad_accum
+    if not isinstance(b, int):
+        return  # batch_size auto: training measures the largest micro-batch that fits
     for smaller in (d for d in range(b - 1, 0, -1) if b % d == 0):
         yield (f"micro-batch {smaller} x {acc * b // smaller} accumulation steps (effective batch {b * acc} kept)",
                (f"train.batch_size={smaller}", f"train.grad_accum={acc * b // smaller}"))

@@ -92,7 +92,9 @@ def estimate(recipe: Recipe, inv: Inventory, *, device: Device = "cuda", device_
     autocast = device == "cuda" and t.mixed_precision != "no"
     act = 2 if autocast else DTYPE_BYTES[dtype]
     rows = {"sft": 1, "kto": 2}.get(t.objective, 2)
-    tokens = t.batch_size * rows * d.max_length
+    # batch_size auto: the largest micro-batch that fits is measured at train time; planned here at its ceiling
+    batch = t.batch_size if isinstance(t.batch_size, int) else getattr(t, "effective_batch", None) or 1
+    tokens = batch * rows * d.max_length
     causal = m.task == "causal_lm"
     selective = causal and t.selective_logits and a.method not in PROMPT_LEARNING and a.method != "adalora"
     chunk = t.logits_chunk if selective and not inv.logit_softcap else None
@@ -103,8 +105,8 @@ def estimate(recipe: Recipe, inv: Inventory, *, device: Device = "cuda", device_
                          gated_mlp=inv.gated_mlp, rms_norm=inv.rms_norm, norms_per_layer=inv.norms_per_layer,
                          chunked_loss=bool(chunk))
 
-    # an encoder's attention dropout keeps the probabilities as eager attention does
-    acts = acts_model(eager or (not causal and inv.attention_dropout))
+    # attention dropout (BERT) keeps the probabilities as eager attention does
+    acts = acts_model(eager or inv.attention_dropout)
     if t.gradient_checkpointing == "auto":
         budget = device_bytes or (ASSUMED_CARD if device == "cuda" else _ram())
         need = activation_bytes(shape, tokens, acts, recompute=False)
@@ -115,7 +117,7 @@ def estimate(recipe: Recipe, inv: Inventory, *, device: Device = "cuda", device_
         recompute, why = bool(t.gradient_checkpointing), "set in the recipe"
     packed = d.packing is True or (d.packing == "auto" and recompute and causal and d.format != "classification"
                                    and rows == 1 and a.method not in PROMPT_LEARNING)
-    if eager and m.attn_implementation == "auto" and packed:
+    if eager and m.attn_implementation == "auto" and packed and not inv.attention_dropout:
         eager, acts = False, acts_model(False)  # packed rows take sdpa (peftkit.training.choices.choose_attention)
 
     w = weight_bytes(inv, bits=q.bits, quant_type=q.quant_type, double_quant=q.double_quant, dtype=dtype)
@@ -171,6 +173,7 @@ def _logits(inv: Inventory, tokens: int, act: int, *, causal: bool, selective: b
 def _eval_line(recipe: Recipe, inv: Inventory, act: int) -> Line:
     e, shape = recipe.eval, inv.shape
     batch = e.batch_size or recipe.train.batch_size
+    batch = batch if isinstance(batch, int) else getattr(recipe.train, "effective_batch", None) or 1
     if recipe.model.task == "causal_lm" and set(e.metrics) & set(GENERATION_METRICS):
         length = recipe.data.max_length + e.max_new_tokens
         kv = batch * length * shape.layers * 2 * shape.kv_heads * shape.head_dim * act

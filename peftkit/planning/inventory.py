@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..adapters.estimate import BaseShape, base_shape
 from ..errors import PeftkitError
+from .activations import architecture
 
 # Linear layers transformers' bitsandbytes integration leaves un-quantized besides the output embeddings
 # (peftkit.modeling.load: classification heads stay trainable).
@@ -123,12 +124,8 @@ def _from_model(model, values: dict, shape: BaseShape, skip: tuple[str, ...], sa
     return Inventory(
         shape=shape, linears=tuple((o, i, n) for (o, i), n in linears.items()), kept=kept, embeddings=embeddings,
         head=head, norms_per_layer=norms or 2, gated_mlp=gated, rms_norm=_rms(model), tied=tied, saved=saved,
-        logit_softcap=bool(v.get("final_logit_softcapping")), attention_dropout=_attention_dropout(v), built=True,
+        logit_softcap=bool(v.get("final_logit_softcapping")), attention_dropout=architecture(v)[2], built=True,
     )
-
-
-def _attention_dropout(v: dict) -> bool:
-    return any(isinstance(v.get(k), (int, float)) and v[k] > 0 for k in ("attention_probs_dropout_prob", "attention_dropout"))
 
 
 def _rms(model) -> bool:
@@ -149,5 +146,5 @@ def _from_numbers(values: dict, shape: BaseShape, skip: tuple[str, ...]) -> Inve
     return Inventory(
         shape=shape, linears=tuple((o, i, n) for (o, i), n in per_layer.items()), kept=embeddings + head + norms,
         embeddings=embeddings, head=head, norms_per_layer=2, gated_mlp=True, rms_norm=True, tied=tied, saved=0,
-        logit_softcap=bool(v.get("final_logit_softcapping")), attention_dropout=_attention_dropout(v), built=False,
+        logit_softcap=bool(v.get("final_logit_softcapping")), attention_dropout=architecture(v)[2], built=False,
     )

@@ -6,7 +6,8 @@ eval, merge and export of that run load the model exactly as training did.
 - precision (model.dtype, quantization.compute_dtype, train.mixed_precision): peftkit.hardware's rule, which
   `peftkit doctor` shows too.
 - recompute (train.gradient_checkpointing): on when a batch_size x max_length batch's activations would take more
-  than a quarter of the device's memory (the GPU's, or RAM on CPU). What it costs and saves:
+  than a quarter of the device's memory (the GPU's, or RAM on CPU), counted by peftkit.planning.activations, the
+  same model of memory `peftkit plan` shows. What it costs and saves:
   benchmarks/results/levers.md, row "checkpointing" against row "plain".
 - packing (data.packing): packed rows only with recompute on; levers.md, rows "packing" and "defaults".
 - attention (model.attn_implementation): sdpa, except eager for decoders trained on padded batches on CPU;
@@ -20,17 +21,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..adapters.estimate import base_shape
 from ..hardware import Hardware, Precision, choose_precision
+from ..planning.activations import BUDGET_SHARE, ActivationModel, activation_bytes, architecture, model_for
 from ..recipe import Recipe, recipe_from_dict
 from ..recipe.schema.adapter import PROMPT_LEARNING
 from ..recipe.schema.data import PREFERENCE_FORMATS
 
-# Activations kept per token x layer x hidden unit without checkpointing, from a first-batch reading of
-# benchmarks/levers.py on SmolLM2 4-bit (an estimate for choosing, not an allocator): fp32 adapter
-# inputs (PEFT casts x to the adapter's dtype in each of the 7 adapted projections), dropout copies, the MLP's
-# 2.7x-wide intermediates and attention. An estimate for choosing, not an allocator.
-BYTES_PER_HIDDEN = 136
-BUDGET_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -47,20 +44,39 @@ def device_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def activation_estimate(tokens: int, config) -> int | None:
-    layers = getattr(config, "num_hidden_layers", None)
-    hidden = getattr(config, "hidden_size", None)
-    if not layers or not hidden:
+def config_values(config) -> dict:
+    """A transformers config (or any object with the same attributes) as config.json's dict."""
+    return config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+
+
+def activation_estimate(tokens: int, config, activations: ActivationModel | None = None) -> int | None:
+    """Activations of a `tokens`-token micro-batch without recompute: peftkit.planning.activations, the model
+    `peftkit plan` uses. None when the config gives no layer count / hidden size."""
+    shape = base_shape(config_values(config))
+    if shape is None:
         return None
-    return tokens * layers * hidden * BYTES_PER_HIDDEN
+    return activation_bytes(shape, tokens, activations or ActivationModel(), recompute=False)
+
+
+def activation_model(recipe: Recipe, precision: Precision, config, *, cuda: bool) -> ActivationModel:
+    """The activation model of this recipe on this machine: the resolved precision, eager or fused attention
+    (before packing is decided: padded rows), the architecture's norms and MLP."""
+    autocast = cuda and precision.mixed_precision.value != "no"
+    act_bytes = 2 if autocast or precision.model_dtype.value != "float32" else 4
+    eager = choose_attention(recipe.model.attn_implementation, recipe.model.task, False, cuda=cuda) == "eager"
+    gated, rms, attention_dropout = architecture(config_values(config))
+    return model_for(recipe.adapter, act_bytes=act_bytes, autocast=autocast,
+                     eager_seq=recipe.data.max_length if eager or attention_dropout else None, gated_mlp=gated,
+                     rms_norm=rms, chunked_loss=bool(recipe.train.selective_logits and recipe.train.logits_chunk))
 
 
 def choose_checkpointing(setting: bool | str, *, batch_size: int, max_length: int, config,
-                         device_bytes: int | None = None) -> CheckpointingChoice:
+                         device_bytes: int | None = None,
+                         activations: ActivationModel | None = None) -> CheckpointingChoice:
     if setting != "auto":
         return CheckpointingChoice(bool(setting), "set in the recipe")
     tokens = batch_size * max_length
-    estimate = activation_estimate(tokens, config)
+    estimate = activation_estimate(tokens, config, activations)
     if estimate is None:
         return CheckpointingChoice(True, "auto: the model config gives no layer count / hidden size to estimate from")
     budget = int(BUDGET_SHARE * (device_bytes or device_memory_bytes()))
@@ -118,7 +134,8 @@ def resolve(
     t = recipe.train
     rows = {"sft": 1, "kto": 2}.get(t.objective, 2)  # sequences per example: a pair's two answers; kto adds mismatches
     recompute = choose_checkpointing(t.gradient_checkpointing, batch_size=t.batch_size * rows,
-                                     max_length=recipe.data.max_length, config=config, device_bytes=device_bytes)
+                                     max_length=recipe.data.max_length, config=config, device_bytes=device_bytes,
+                                     activations=activation_model(recipe, precision, config, cuda=hw.cuda))
     packing = choose_packing(recipe, recompute.enabled)
     attention = choose_attention(recipe.model.attn_implementation, recipe.model.task, packing, cuda=hw.cuda)
     raw = recipe.model_dump(mode="json")

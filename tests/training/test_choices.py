@@ -9,14 +9,20 @@ from support.tiny_run import tiny_recipe, write_base, write_chat
 
 import peftkit
 from peftkit.recipe import recipe_from_dict
-from peftkit.training.choices import BYTES_PER_HIDDEN, activation_estimate, choose_checkpointing
+from peftkit.adapters.estimate import base_shape
+from peftkit.planning.activations import ActivationModel, activation_bytes
+from peftkit.training.choices import activation_estimate, choose_checkpointing
 
 SMOLLM2 = SimpleNamespace(num_hidden_layers=30, hidden_size=576)
 
 
-def test_estimate_scales_with_tokens_layers_and_width():
-    assert activation_estimate(1000, SMOLLM2) == 1000 * 30 * 576 * BYTES_PER_HIDDEN
+def test_estimate_is_the_planners_model_and_scales_with_tokens_layers_and_width():
+    # one model of memory: the recompute choice reads the activation count `peftkit plan` shows
+    assert activation_estimate(1000, SMOLLM2) == activation_bytes(base_shape(vars(SMOLLM2)), 1000, ActivationModel(),
+                                                                  recompute=False)
     assert activation_estimate(2000, SMOLLM2) == 2 * activation_estimate(1000, SMOLLM2)
+    deeper = SimpleNamespace(num_hidden_layers=60, hidden_size=576)
+    assert activation_estimate(1000, deeper) > 1.9 * activation_estimate(1000, SMOLLM2)
     assert activation_estimate(1000, SimpleNamespace()) is None
 
 
@@ -27,7 +33,7 @@ def test_an_explicit_setting_is_kept(setting):
 
 
 def test_auto_switches_at_a_quarter_of_device_memory():
-    need = activation_estimate(8 * 512, SMOLLM2)  # Code Alpaca's recipe: batch 8 x max length 512, ~9 GiB
+    need = activation_estimate(8 * 512, SMOLLM2)  # Code Alpaca's recipe: batch 8 x max length 512
     on = choose_checkpointing("auto", batch_size=8, max_length=512, config=SMOLLM2, device_bytes=4 * need - 1)
     off = choose_checkpointing("auto", batch_size=8, max_length=512, config=SMOLLM2, device_bytes=4 * need)
     assert on.enabled and not off.enabled
