@@ -83,7 +83,9 @@ def _targets(targets) -> str:
 
 def _data_lines(recipe, report: dict) -> list[str]:
     d = recipe.data
-    lines = [f"- format `{d.format}`, source `{d.path}`" + (f", eval `{d.eval_path}`" if d.eval_path else ""),
+    read = report.get("sources") or [d.path, *([d.eval_path] if d.eval_path else [])]
+    public = f" (public source: hub dataset `{d.hub.id}`)" if d.hub else ""
+    lines = [f"- format `{d.format}`, read from " + ", ".join(f"`{s}`" for s in read) + public,
              (f"- prompt template: {report.get('template') or d.chat_template}, max length {d.max_length}, "
               f"{'trained on inputs too' if d.train_on_inputs else 'trained on responses only'}")]
     for split in ("train", "eval"):

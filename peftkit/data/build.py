@@ -1,6 +1,6 @@
 """`build_data`: the recipe's data section + a tokenizer -> tokenized train/eval examples and a report.
 
-Order: read rows -> split off eval (separate file, or a seeded fraction) -> shuffle train (seeded) -> render,
+Order: read rows (each source from its local copy, or the hub dataset behind it when that is absent) -> split off eval (separate file, or a seeded fraction) -> shuffle train (seeded) -> render,
 mask and tokenize until data.limit examples are kept -> report what was truncated, dropped and skipped.
 """
 
@@ -15,8 +15,9 @@ from pathlib import Path
 from ..errors import DataError, Problem, RecipeError
 from ..modeling.tokens import trained_tokens
 from ..recipe.schema.data import PREFERENCE_FORMATS, DataSpec, task_format_problem
-from .bundle import DataBundle, DataReport, RowProblem, SplitReport, sequences
+from .bundle import DataBundle, DataReport, RowProblem, SourceRead, SplitReport, sequences
 from .formats import RenderPlan, col, render_row, row_problem
+from .hub import HubLoader, choose_sources, read_hub
 from .pairs import preference_parts, render_answer
 from .sources import Loaded, Record, load_source
 from .templates import TemplateProblem, has_chat_template, resolve_chat_format, stop_token_ids
@@ -54,14 +55,15 @@ class _Rows:
 
 
 def build_data(spec: DataSpec, tokenizer, *, seed: int, task: str = "causal_lm", source_file: str | None = None,
-               base_dir: Path | None = None) -> DataBundle:
+               base_dir: Path | None = None, hub_loader: HubLoader | None = None) -> DataBundle:
     """Callers outside this package use prepare_data. `base_dir`: folder still-relative data paths resolve against
     (default: the working directory; a recipe loaded from a file has them absolute already). `seed` is used unless
-    data.seed is set. Bad rows raise DataError(file, why, row) unless data.on_bad_row is skip."""
+    data.seed is set. Bad rows raise DataError(file, why, row) unless data.on_bad_row is skip. `hub_loader`: what
+    reads a hub split when a local copy is absent (default datasets.load_dataset)."""
     _check_task(spec, task, source_file)
     seed = spec.seed if spec.seed is not None else seed
     reasons: list[str] = []
-    train, evals, sources = _split_rows(spec, Path(base_dir or Path.cwd()), seed, reasons)
+    train, evals, sources = _split_rows(spec, Path(base_dir or Path.cwd()), seed, reasons, hub_loader)
     if spec.format == "classification":
         bundle = _classification(spec, tokenizer, train, evals, sources, reasons)
     elif spec.format == "completion":
@@ -70,13 +72,15 @@ def build_data(spec: DataSpec, tokenizer, *, seed: int, task: str = "causal_lm",
         plan = _plan(spec, tokenizer, source_file)
         t_train, rows_train = _preference(spec, tokenizer, plan, train, reasons, with_prompt=False, limit=spec.limit)
         t_eval, rows_eval = _preference(spec, tokenizer, plan, evals, reasons, with_prompt=True, limit=None)
-        report = DataReport(t_train.freeze(), t_eval.freeze(), spec.format, plan.name, None, tuple(reasons), sources)
+        report = DataReport(t_train.freeze(), t_eval.freeze(), spec.format, plan.name, None, tuple(reasons),
+                            *_named(sources))
         bundle = DataBundle(rows_train, rows_eval, report, None, stop_token_ids(tokenizer, plan.chat))
     else:
         plan = _plan(spec, tokenizer, source_file)
         t_train, rows_train = _generative(spec, tokenizer, plan, train, reasons, with_prompt=False, limit=spec.limit)
         t_eval, rows_eval = _generative(spec, tokenizer, plan, evals, reasons, with_prompt=True, limit=None)
-        report = DataReport(t_train.freeze(), t_eval.freeze(), spec.format, plan.name, None, tuple(reasons), sources)
+        report = DataReport(t_train.freeze(), t_eval.freeze(), spec.format, plan.name, None, tuple(reasons),
+                            *_named(sources))
         bundle = DataBundle(rows_train, rows_eval, report, None, stop_token_ids(tokenizer, plan.chat))
     _check_usable(spec, bundle)
     return bundle
@@ -90,7 +94,7 @@ def _check_usable(spec: DataSpec, bundle: DataBundle) -> None:
     counts = [(train.skipped + held.skipped, "skipped as bad"),
               (train.dropped, "dropped: nothing trained left after truncation to data.max_length")]
     why = ", ".join(f"{n} {what}" for n, what in counts if n)
-    raise DataError(spec.path, "no usable rows for training" + (f" ({why})" if why else ""))
+    raise DataError(spec.path or bundle.report.sources[0], "no usable rows for training" + (f" ({why})" if why else ""))
 
 
 def _check_task(spec: DataSpec, task: str, source_file: str | None) -> None:
@@ -115,33 +119,40 @@ def _plan(spec: DataSpec, tokenizer, source_file: str | None) -> RenderPlan:
 # ---- reading and splitting
 
 
-def _split_rows(spec: DataSpec, base_dir: Path, seed: int, reasons: list[str]) -> tuple[_Rows, _Rows, tuple[str, ...]]:
+def _split_rows(spec: DataSpec, base_dir: Path, seed: int, reasons: list[str],
+                hub_loader: HubLoader | None) -> tuple[_Rows, _Rows, tuple[SourceRead, ...]]:
     rng = random.Random(seed)
     skip_bad = spec.on_bad_row == "skip"
     whole_text = spec.format == "completion"
-    builtin = spec.path.startswith("builtin:")
+    main, *rest = sources = choose_sources(spec, base_dir)
+    held = rest.pop(0) if rest and rest[0].key == "data.eval_path" else None
+    builtin = main.read == "builtin"
     if builtin:
         train, evals = _builtin(spec, seed)
     else:
-        main = _load(spec.path, base_dir, skip_bad, whole_text, reasons)
-        train, evals = _Rows(list(main.records), main.skipped), _Rows()
-    if spec.eval_path:
-        extra = _load(spec.eval_path, base_dir, skip_bad, whole_text, reasons)
+        loaded = _load(main, base_dir, skip_bad, whole_text, reasons, hub_loader)
+        train, evals = _Rows(list(loaded.records), loaded.skipped), _Rows()
+    if held is not None:
+        extra = _load(held, base_dir, skip_bad, whole_text, reasons, hub_loader)
         evals = _Rows(list(extra.records), extra.skipped)
     elif not builtin and spec.format != "completion":  # completion holds out its tail windows (_completion)
         rng.shuffle(train.records)
         n_eval = _eval_count(len(train.records), spec.eval_fraction)
         evals, train.records = _Rows(train.records[:n_eval]), train.records[n_eval:]
-    for source in spec.mix:
-        more = _load(source.path, base_dir, skip_bad, whole_text, reasons)
+    for source, read in zip(spec.mix, rest):
+        more = _load(read, base_dir, skip_bad, whole_text, reasons, hub_loader)
         records = list(more.records)
         rng.shuffle(records)
         train.records += records[: source.limit] if source.limit else records
         train.skipped += more.skipped
     if spec.format != "completion":
         rng.shuffle(train.records)
-    sources = (spec.path, *((spec.eval_path,) if spec.eval_path else ()), *(m.path for m in spec.mix))
     return train, evals, sources
+
+
+def _named(sources: tuple[SourceRead, ...]) -> tuple[tuple[str, ...], tuple[SourceRead, ...]]:
+    """DataReport's sources (what was read: a path, a hub label or builtin:NAME) and read (the detail)."""
+    return tuple(s.hub_label() if s.read == "hub" else str(s.local) for s in sources), sources
 
 
 def _eval_count(n: int, fraction: float) -> int:
@@ -150,8 +161,11 @@ def _eval_count(n: int, fraction: float) -> int:
     return min(n - 1, max(1, round(n * fraction)))
 
 
-def _load(path: str, base_dir: Path, skip_bad: bool, whole_text: bool, reasons: list[str]) -> Loaded:
-    loaded = load_source(path, base_dir, skip_bad=skip_bad, whole_text=whole_text)
+def _load(source: SourceRead, base_dir: Path, skip_bad: bool, whole_text: bool, reasons: list[str],
+          hub_loader: HubLoader | None) -> Loaded:
+    if source.read == "hub":
+        return read_hub(source, hub_loader)
+    loaded = load_source(str(source.local), base_dir, skip_bad=skip_bad, whole_text=whole_text)
     reasons += loaded.reasons[: max(0, 5 - len(reasons))]
     return loaded
 
@@ -251,7 +265,7 @@ def _completion(spec, tokenizer, train: _Rows, evals: _Rows, sources, reasons, s
         t_train.add(r, False)
     for r in eval_rows:
         t_eval.add(r, False)
-    report = DataReport(t_train.freeze(), t_eval.freeze(), "completion", None, None, tuple(reasons), sources)
+    report = DataReport(t_train.freeze(), t_eval.freeze(), "completion", None, None, tuple(reasons), *_named(sources))
     return DataBundle(train_rows, eval_rows, report, None, stop_token_ids(tokenizer, None))
 
 
@@ -282,7 +296,7 @@ def _classification(spec, tokenizer, train: _Rows, evals: _Rows, sources, reason
     t_eval, rows_eval = encode(evals, None)
     counts = Counter(r["labels"] for r in rows_train)
     report = DataReport(t_train.freeze(), t_eval.freeze(), "classification", None,
-                        tuple((n, counts.get(i, 0)) for i, n in enumerate(names)), tuple(reasons), sources)
+                        tuple((n, counts.get(i, 0)) for i, n in enumerate(names)), tuple(reasons), *_named(sources))
     return DataBundle(rows_train, rows_eval, report, tuple(names), ())
 
 

@@ -39,6 +39,34 @@ class SplitReport:
 
 
 @dataclass(frozen=True)
+class SourceRead:
+    """Where one data source's rows were read from: the local copy the recipe names, the public hub dataset
+    behind it (data.hub), or a builtin set. `local` is kept when the hub was read in its place: it was absent."""
+
+    key: str  # data.path, data.eval_path, data.mix.N.path
+    read: str  # local | hub | builtin
+    local: str | None = None
+    hub: str | None = None  # the hub dataset id, and below the load_dataset arguments used (or to be used)
+    config: str | None = None
+    data_dir: str | None = None
+    split: str | None = None
+    revision: str | None = None
+
+    def hub_label(self) -> str:
+        """e.g. "Anthropic/hh-rlhf (data_dir helpful-base, split test)"."""
+        parts = [f"{k} {v}" for k, v in (("config", self.config), ("data_dir", self.data_dir), ("split", self.split),
+                                          ("revision", self.revision)) if v]
+        return f"{self.hub} ({', '.join(parts)})" if parts else str(self.hub)
+
+    def describe(self) -> str:
+        """One line for people: what is read, and for a hub read, the local copy it stands in for."""
+        if self.read != "hub":
+            return f"{self.key}: {self.local}"
+        absent = f" in place of {self.local} (absent here)" if self.local else ""
+        return f"{self.key}: hub dataset {self.hub_label()}{absent}"
+
+
+@dataclass(frozen=True)
 class DataReport:
     train: SplitReport
     eval: SplitReport
@@ -46,7 +74,8 @@ class DataReport:
     template: str | None = None  # how prompts were rendered (e.g. "tokenizer", "chatml", "alpaca")
     label_counts: tuple[tuple[str, int], ...] | None = None  # classification, train split
     skip_reasons: tuple[str, ...] = ()  # the first few skipped rows, "file, row N: why"
-    sources: tuple[str, ...] = field(default_factory=tuple)
+    sources: tuple[str, ...] = field(default_factory=tuple)  # what was read: local paths, hub labels, builtin:NAME
+    read: tuple[SourceRead, ...] = ()  # the same sources in detail: local copy or hub dataset, per recipe key
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -54,6 +83,7 @@ class DataReport:
             d["label_counts"] = dict(self.label_counts)
         d["skip_reasons"] = list(self.skip_reasons)
         d["sources"] = list(self.sources)
+        d["read"] = [asdict(r) for r in self.read]
         return d
 
 

@@ -1,8 +1,8 @@
-"""Reading rows from what users bring: json, jsonl(.gz), csv/tsv, parquet, txt, a folder, a hub id, builtin:NAME.
+"""Reading rows from the files users bring: json, jsonl(.gz), csv/tsv, parquet, txt, a folder (hub datasets: hub.py).
 
 Line formats are parsed here rather than through `datasets.load_dataset`, so that a bad line is reported with
-its file and line number (datasets raises a pyarrow traceback instead). Parquet, `save_to_disk` folders and hub
-ids go through pyarrow / `datasets`.
+its file and line number (datasets raises a pyarrow traceback instead). Parquet and `save_to_disk` folders go
+through pyarrow / `datasets`.
 
 Each file format has one reader, a generator of (row number, row or RowProblem): `load_source` drains it,
 `peek_rows` takes its first rows, so a check of the first rows cannot disagree with the full load.
@@ -14,7 +14,6 @@ import csv
 import gzip
 import io
 import json
-import re
 import zlib
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -28,7 +27,6 @@ from .bundle import RowProblem
 
 LINE_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".json.gz")
 SUFFIXES = (".json", *LINE_SUFFIXES, ".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet", ".txt", ".txt.gz")
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 JSON_PEEK_LIMIT = 64 * 2**20  # a .json file is one document: peeking at a bigger one would cost a second full parse
 PARQUET_BATCH = 65_536  # rows per pyarrow batch when the whole file is read
 
@@ -57,7 +55,7 @@ class Loaded:
 
 
 def load_source(path: str, base_dir: Path, *, skip_bad: bool, whole_text: bool = False) -> Loaded:
-    """All rows of a local file/folder or a hub dataset. `whole_text`: a .txt file is one row {"text": ...}
+    """All rows of a local file or folder. `whole_text`: a .txt file is one row {"text": ...}
     (continued pre-training) instead of one row per line."""
     p = Path(path).expanduser()
     p = p if p.is_absolute() else base_dir / p
@@ -70,8 +68,6 @@ def load_source(path: str, base_dir: Path, *, skip_bad: bool, whole_text: bool =
         _read_folder(p, out, skip_bad, whole_text)
     elif is_file:
         _read_file(p, out, skip_bad, whole_text)
-    elif HUB_ID.fullmatch(path) and not path.lower().endswith(SUFFIXES):  # owner/name, not a missing file
-        _read_hub(path, out)
     else:
         raise DataError(str(p), "no such file or folder")
     if not out.records:
@@ -292,13 +288,3 @@ def _read_saved_dataset(p: Path, out: Loaded) -> None:
         ds = ds["train"]
     out.records.extend(Record(r, str(p), i) for i, r in enumerate(ds.to_list(), 1))
 
-
-def _read_hub(dataset_id: str, out: Loaded) -> None:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(dataset_id, split="train")
-    except Exception as e:
-        raise DataError(dataset_id, "not a local file or folder, and the dataset hub did not serve it "
-                                    f"({_first_line(e)})") from None
-    out.records.extend(Record(r, dataset_id, i) for i, r in enumerate(ds.to_list(), 1))

@@ -1,6 +1,7 @@
 """Checks that run before any weights load, so a run does not fail minutes (or a model download) later:
 the run directory can be written and will not clobber a finished run, its disk holds the checkpoints the run
-will write, the base is where the recipe says, and the data files open and their first rows are usable.
+will write, the base is where the recipe says, and the data files open and their first rows are usable (a data
+file that is absent but has a hub source in data.hub is reported as read from the hub, not fetched here).
 
 Each failure is one PeftkitError (RunDirError, ModelError or DataError) naming the path; nothing is written
 except a probe file that is deleted at once, and nothing is downloaded. The rows are read and judged by the data
@@ -21,7 +22,8 @@ from ..adapters.attach import init_from_dir
 from ..adapters.estimate import base_shape, estimate_adapter_params
 from ..data.bundle import RowProblem
 from ..data.formats import row_problem
-from ..data.sources import HUB_ID, SUFFIXES, folder_files, peek_rows
+from ..data.hub import choose_sources
+from ..data.sources import SUFFIXES, folder_files, peek_rows
 from ..errors import DataError, ModelError, RunDirError
 from ..modeling.zoo import ZOO, cache_root, is_pulled, model_dir, resolve_base
 from ..recipe import Recipe
@@ -43,6 +45,7 @@ class PreflightReport:
     size_basis: str  # where adapter_bytes comes from: the base's config.json, or the floor
     data_files: tuple[str, ...]  # files whose first rows were checked
     rows_checked: int
+    hub_sources: tuple[str, ...] = ()  # sources the run will read from the hub (local copy absent), described
 
 
 def preflight(recipe: Recipe, run_dir: Path, *, resume: bool, force: bool = False) -> PreflightReport:
@@ -63,10 +66,10 @@ def preflight(recipe: Recipe, run_dir: Path, *, resume: bool, force: bool = Fals
             f"of adapter + optimizer state, adapter ~{_mb(adapter_bytes)}); free space, lower train.keep_checkpoints "
             "or choose another output.dir"
         )
-    files, rows = _check_data(recipe.data)
+    files, rows, hub = _check_data(recipe.data)
     if recipe.adapter.init_from:
         init_from_dir(recipe.adapter)  # the adapter to start from is there (an error names adapter.init_from)
-    return PreflightReport(run_dir, free, need, adapter_bytes, basis, files, rows)
+    return PreflightReport(run_dir, free, need, adapter_bytes, basis, files, rows, hub)
 
 
 def _mb(n: int) -> str:
@@ -142,29 +145,27 @@ def _adapter_bytes(recipe: Recipe, config: dict | None) -> tuple[int, str]:
 # ---- data files
 
 
-def _check_data(spec: DataSpec) -> tuple[tuple[str, ...], int]:
-    paths = [("data.path", spec.path)]
-    paths += [("data.eval_path", spec.eval_path)] if spec.eval_path else []
-    paths += [(f"data.mix.{i}.path", m.path) for i, m in enumerate(spec.mix)]
-    checked, rows = [], 0
-    for key, value in paths:
-        file = _data_file(key, value)
+def _check_data(spec: DataSpec) -> tuple[tuple[str, ...], int, tuple[str, ...]]:
+    """The data layer's own choice of local copy or hub dataset per source (choose_sources): local files are
+    checked, hub sources only named (fetching one is the run's job, and its error names both)."""
+    checked, rows, hub = [], 0, []
+    for source in choose_sources(spec, Path.cwd()):
+        if source.read == "hub":
+            hub.append(source.describe())
+            continue
+        file = _data_file(source.key, source.local) if source.read == "local" else None
         if file is not None:
             rows += _check_rows(file, spec)
             checked.append(str(file))
-    return tuple(checked), rows
+    return tuple(checked), rows, tuple(hub)
 
 
 def _data_file(key: str, value: str) -> Path | None:
-    """The file whose first rows are checked; None for builtin:NAME, hub ids and saved datasets."""
-    if value.startswith("builtin:"):
-        return None
+    """The file whose first rows are checked; None for a saved dataset folder."""
     p = Path(value).expanduser()
     p = p if p.is_absolute() else Path.cwd() / p
     try:
         if not p.exists():
-            if HUB_ID.fullmatch(value) and not value.lower().endswith(SUFFIXES):
-                return None  # a hub dataset id: the data layer fetches it (or says it cannot)
             raise DataError(str(p), f"no such file or folder ({key})")
         if not p.is_dir():
             return p

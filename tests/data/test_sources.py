@@ -98,14 +98,11 @@ def test_bad_lines_are_counted_when_skipping(tmp_path):
     assert loaded.skipped == 1 and "row 2: not valid JSON" in loaded.reasons[0]
 
 
-def test_missing_path_and_offline_hub_id(tmp_path, monkeypatch):
+def test_missing_path(tmp_path):  # hub ids and the hub fallback: test_hub_fallback.py
     with pytest.raises(DataError, match="no such file or folder"):
         load(tmp_path, "nope.jsonl")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match="dataset hub did not serve it") as err:
-        load(tmp_path, "someone/some-dataset")
-    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="no such file or folder"):
+        load(tmp_path, "someone/some-dataset")  # load_source reads local files only
 
 
 def test_saved_dataset_folder(tmp_path):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ._base import Section
 
@@ -25,6 +26,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "unpaired_preference": ("prompt", "completion", "label", "system"),
 }
 ROLES = ("system", "user", "assistant", "tool")
+HUB_DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name as the dataset hub spells it
 
 
 def _no_nul(v: str | None) -> str | None:
@@ -40,13 +42,38 @@ class MixSource(Section):
     _path_ok = field_validator("path")(_no_nul)
 
 
+class HubSource(Section):
+    """The public hub dataset a recipe's rows come from (the arguments of datasets.load_dataset)."""
+
+    id: str = Field(..., description="hub dataset id, owner/name (e.g. Anthropic/hh-rlhf)")
+    config: str | None = Field(None, description="the dataset's configuration, load_dataset's name (e.g. sst2 of "
+                               "nyu-mll/glue)")
+    data_dir: str | None = Field(None, description="folder inside the dataset repository (e.g. helpful-base of "
+                                 "Anthropic/hh-rlhf)")
+    split: str = Field("train", description="split read in place of data.path (e.g. train, test, train+validation)")
+    eval_split: str | None = Field(None, description="split read in place of data.eval_path (e.g. validation)")
+    revision: str | None = Field(None, description="branch, tag or commit of the dataset repository (pins the rows)")
+
+    @field_validator("id")
+    @classmethod
+    def _owner_name(cls, v: str) -> str:
+        if not HUB_DATASET_ID.fullmatch(v):
+            raise ValueError("is not a hub dataset id (owner/name)")
+        return v
+
+
 class DataSpec(Section):
     format: Format = Field(
         ..., description="alpaca | chat | completion | prompt_completion | classification | preference (prompt, "
         "chosen, rejected) | unpaired_preference (prompt, completion, label: true/false)"
     )
-    path: str = Field(
-        ..., description="data file or folder (relative to the recipe), a hub id, or builtin:NAME (peftkit data builtins)"
+    # hub before path: path's check reads it (a missing path is fine only when hub names the data)
+    hub: HubSource | None = Field(
+        None, description="the public hub dataset the rows come from, read when data.path is unset or absent here"
+    )
+    path: str | None = Field(
+        None, description="data file or folder (relative to the recipe), a hub id, or builtin:NAME (peftkit data "
+        "builtins); with data.hub it is the local copy, read when it exists"
     )
     eval_path: str | None = Field(None, description="held-out file; otherwise eval_fraction of path is held out")
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of path held out when eval_path is unset")
@@ -93,10 +120,28 @@ class DataSpec(Section):
     )
     mix: tuple[MixSource, ...] = Field((), description="more training sources mixed with path and shuffled together")
 
+    @field_validator("path")
+    @classmethod
+    def _path_or_hub(cls, v: str | None, info: ValidationInfo) -> str | None:
+        hub = info.data.get("hub")
+        if v is None and hub is None and "hub" in info.data:  # (a bad hub is reported on its own)
+            raise ValueError("required key is missing (a file, folder or builtin:NAME; or a hub dataset in data.hub)")
+        if v is not None and hub is not None and v.startswith("builtin:"):
+            raise ValueError("builtin data needs no hub source: drop data.hub")
+        return _no_nul(v)
+
     @model_validator(mode="after")
     def _eval_source(self):
-        if self.eval_path is None and self.eval_fraction == 0.0 and not self.path.startswith("builtin:"):
+        hub_eval = self.hub is not None and self.hub.eval_split is not None
+        builtin = self.path is not None and self.path.startswith("builtin:")
+        if self.eval_path is None and not hub_eval and self.eval_fraction == 0.0 and not builtin:
             raise ValueError("needs eval_path or eval_fraction > 0 to measure eval loss")
+        if self.hub is not None and self.path is not None:  # the hub stands in for each local file
+            if self.eval_path is not None and not hub_eval:
+                raise ValueError("eval_path needs hub.eval_split: the hub split read in its place when it is absent")
+            if self.eval_path is None and hub_eval:
+                raise ValueError("hub.eval_split stands in for eval_path: set eval_path to its local copy, or drop "
+                                 "eval_split (eval_fraction of the split is held out)")
         return self
 
     @model_validator(mode="after")
@@ -133,7 +178,7 @@ class DataSpec(Section):
                              f"not {self.format}")
         return self
 
-    _paths_ok = field_validator("path", "eval_path")(_no_nul)
+    _paths_ok = field_validator("eval_path")(_no_nul)
 
     @field_validator("roles", "transcript_roles")
     @classmethod
