@@ -189,3 +189,25 @@ def test_in_a_clone_without_shared_data_every_source_is_the_hub_or_builtin(file,
     report = preflight(recipe_from_dict(raw), tmp_path / "run", resume=False)
     assert report.hub_sources == tuple(r.describe() for r in reads if r.read == "hub")
     assert all("(absent here)" in line for line in report.hub_sources if "shared/data" in line)
+
+
+def test_sst2_hub_rows_build_like_the_glue_tsv(tmp_path, fake_tokenizer):
+    """The recipe's own data keys on GLUE TSV text (labels "0"/"1") and on the hub's rows (int labels, an idx
+    column): the same examples."""
+    spec = load_recipe(RECIPES / "minilm-lora-sst2.yaml").data
+    rows = [(f"sentence {i} ", i % 2) for i in range(12)]
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows[:8]))
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows[8:]))
+    hub = {"train": rows[:8], "validation": rows[8:]}
+
+    def glue(dataset_id, *, name, split, **kw):
+        assert (dataset_id, name) == ("nyu-mll/glue", "sst2")
+        return [{"sentence": s, "label": y, "idx": i} for i, (s, y) in enumerate(hub[split])]
+
+    def build(path, eval_path):
+        local = spec.model_copy(update={"path": str(path), "eval_path": str(eval_path), "limit": None})
+        return build_data(local, fake_tokenizer, seed=0, task="sequence_classification", hub_loader=glue)
+
+    here, there = build(tmp_path / "train.tsv", tmp_path / "dev.tsv"), build(tmp_path / "a.tsv", tmp_path / "b.tsv")
+    assert [r.read for r in there.report.read] == ["hub", "hub"]
+    assert there.train == here.train and there.eval == here.eval and there.label_names == ("negative", "positive")
