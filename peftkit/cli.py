@@ -55,6 +55,9 @@ def _bundle(args):
 
     recipe = load_recipe(args.recipe, args.overrides)
     prepared = prepare_data(recipe, source_file=args.recipe)
+    for source in prepared.data.report.read:  # say when the hub stood in for an absent local copy
+        if source.read == "hub":
+            err.print(source.describe(), highlight=False, markup=False, soft_wrap=True)
     return recipe, prepared.tokenizer, prepared.data
 
 

@@ -100,25 +100,6 @@ def test_local_copy_absent_and_hub_unreachable_is_one_line_naming_both(tmp_path,
     assert "OfflineModeIsEnabled" in text and "\n" not in text
 
 
-def test_offline_for_real(tmp_path):
-    """datasets.load_dataset with HF_DATASETS_OFFLINE=1 (set before it is imported, in a child process)."""
-    code = ("from pathlib import Path\n"
-            "from peftkit.data.hub import choose, read_hub\n"
-            "from peftkit.errors import DataError\n"
-            "from peftkit.recipe.schema.data import HubSource\n"
-            "hub = HubSource(id='Anthropic/hh-rlhf', data_dir='helpful-base', split='test')\n"
-            "try:\n"
-            "    read_hub(choose('data.path', 'absent/test.jsonl.gz', hub, 'test', Path('.')))\n"
-            "except DataError as e:\n"
-            "    print(e)\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120).stdout.strip()
-    assert out.startswith("absent/test.jsonl.gz: no such file or folder (data.path), and the dataset hub did not "
-                          "serve Anthropic/hh-rlhf (data_dir helpful-base, split test) (")
-    assert "Anthropic/hh-rlhf" in out and len(out.splitlines()) == 1
-
-
 def test_eval_path_falls_back_to_the_eval_split(tmp_path, fake_tokenizer):
     rows = [{"text": f"sentence {i}", "label": i % 2} for i in range(10)]
     train = tmp_path / "train.jsonl"
@@ -211,3 +192,43 @@ def test_sst2_hub_rows_build_like_the_glue_tsv(tmp_path, fake_tokenizer):
     here, there = build(tmp_path / "train.tsv", tmp_path / "dev.tsv"), build(tmp_path / "a.tsv", tmp_path / "b.tsv")
     assert [r.read for r in there.report.read] == ["hub", "hub"]
     assert there.train == here.train and there.eval == here.eval and there.label_names == ("negative", "positive")
+
+
+# ---- through the CLI
+
+
+def _recipe(tmp_path: Path, hub_id: str) -> Path:
+    from support.tiny_run import write_base, write_chat
+
+    base = write_base(tmp_path / "base")
+    (tmp_path / "org" / "chats").mkdir(parents=True)  # laid out as the hub repository: datasets reads it offline
+    write_chat(tmp_path / "org" / "chats" / "train.jsonl", n=20)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nmodel: {{base: {base}}}\ndata:\n  format: chat\n  path: shared/chat.jsonl\n"
+                      f"  hub: {{id: {hub_id}}}\n  eval_fraction: 0.2\n")
+    return recipe
+
+
+def test_data_stats_reads_the_hub_in_place_of_an_absent_copy_and_says_so(tmp_path, monkeypatch, capsys):
+    from peftkit.cli import main
+
+    recipe = _recipe(tmp_path, "org/chats")
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "stats", str(recipe), "--json"]) == 0
+    out, err = capsys.readouterr()
+    read = json.loads(out)["report"]["read"]
+    assert [(r["read"], r["hub"], r["split"]) for r in read] == [("hub", "org/chats", "train")]
+    assert f"data.path: hub dataset org/chats (split train) in place of {tmp_path}/shared/chat.jsonl (absent here)" \
+        in err
+
+
+def test_data_stats_offline_is_one_line_naming_both(tmp_path):
+    """In a child process, so that the offline switches are set before datasets is imported."""
+    recipe = _recipe(tmp_path, "org/elsewhere")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "peftkit", "data", "stats", str(recipe)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert f"{tmp_path}/shared/chat.jsonl: no such file or folder (data.path), and the dataset hub did not serve " \
+           "org/elsewhere (split train) (Couldn't reach 'org/elsewhere' on the Hub" in line
