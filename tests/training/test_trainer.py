@@ -49,6 +49,7 @@ def test_run_directory_is_self_describing(assets, tmp_path):
     meta = json.loads((run / "meta.json").read_text())
     assert meta["base"]["fingerprint"].startswith("sha256-sampled:")
     assert meta["versions"]["torch"] and meta["params"]["trainable"] > 0
+    assert [(r["key"], r["read"], r["local"]) for r in meta["data"]["read"]] == [("data.path", "local", str(data))]
     # the recipe as it ran: every `auto` precision replaced by this machine's choice, recorded with its reason
     hw = detect()
     resolved, precision = resolve_precision(tiny_recipe(base, data, tmp_path / "run"), hw)
