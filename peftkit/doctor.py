@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .hardware import Hardware, choose_precision, detect
+from .hardware import Hardware, available_ram_bytes, choose_precision, detect
 from .modeling.zoo import cache_root
 from .rundir import versions
 
@@ -51,19 +51,8 @@ def _bitsandbytes(hw: Hardware) -> dict:
 
 
 def _free_ram() -> dict:
-    try:
-        import psutil
-
-        return {"available_gb": _gb(psutil.virtual_memory().available), "source": "psutil"}
-    except ImportError:
-        pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return {"available_gb": _gb(int(line.split()[1]) * 1024), "source": "/proc/meminfo"}
-    except OSError:
-        pass
-    return {"available_gb": None, "source": None}
+    available, source = available_ram_bytes()
+    return {"available_gb": _gb(available) if available is not None else None, "source": source}
 
 
 def _free_disk(path: Path) -> dict:

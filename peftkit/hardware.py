@@ -158,6 +158,40 @@ def peak_memory_mb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_peak"
 
 
+def available_ram_bytes() -> tuple[int | None, str | None]:
+    """(RAM the machine can still give without swapping, where that figure came from), or (None, None)."""
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available, "psutil"
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "/proc/meminfo"
+    except OSError:
+        pass
+    return None, None
+
+
+def memory_in_use_mb() -> float:
+    """What peak_memory_mb() measures, now: CUDA memory allocated, else the resident set (VmRSS)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return peak_memory_mb()[0]  # elsewhere only the peak is known
+
+
 def reset_peak_memory() -> None:
     """Start a new peak: between loading, eval and training, so each phase's figure is its own."""
     import torch

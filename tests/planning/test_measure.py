@@ -1,0 +1,54 @@
+"""peftkit.planning.measure: real optimizer steps on the recipe's longest examples, nothing written."""
+
+import json
+
+import pytest
+from support.tiny_run import tiny_recipe, write_base, write_pairs
+
+from peftkit.data.prepare import prepare_data
+from peftkit.planning.measure import example_length, longest_rows, measure
+
+
+def write_long_chat(path, n=16):
+    """Chat rows of growing length (about 90 to 250 tokens): batch memory that a resident set can see."""
+    with path.open("w") as fh:
+        for i in range(n):
+            answer = " ".join(str((i * j) % 10) for j in range(40 + 5 * i))
+            fh.write(json.dumps({"messages": [{"role": "user", "content": f"count {i}"},
+                                              {"role": "assistant", "content": answer}]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("measure")
+    return write_base(root / "base"), write_long_chat(root / "long.jsonl"), write_pairs(root / "pairs.jsonl")
+
+
+def test_measure_steps_the_longest_examples_and_writes_nothing(assets, tmp_path):
+    base, chat, _ = assets
+    recipe = tiny_recipe(base, chat, tmp_path / "run", data={"max_length": 256}, train={"batch_size": 3})
+    m = measure(recipe, steps=2)
+    longest = max(len(r["input_ids"]) for r in prepare_data(recipe).data.train)
+    assert m.shape == (3, longest) and m.longest_tokens == longest and m.batch_size == 3
+    assert m.steps == 2 and m.peak_mb > 0 and m.tokens_per_s > 0
+    assert m.peak_kind == "rss_peak" and 0 < m.baseline_mb <= m.peak_mb  # CPU: the process-wide resident set
+    assert m.device == "cpu" and "avx2" in m.cpu_isa and not m.recompute
+    assert not (tmp_path / "run").exists()
+
+
+def test_preference_pairs_are_measured_as_two_sequences_each(assets, tmp_path):
+    base, _, pairs = assets
+    recipe = tiny_recipe(base, pairs, tmp_path / "run", data={"format": "preference"},
+                         train={"objective": "dpo", "batch_size": 2}, eval={"metrics": ["loss"]})
+    m = measure(recipe, steps=1)
+    rows = prepare_data(recipe).data.train
+    assert m.shape == (4, max(example_length(r) for r in rows)) and m.steps == 1
+
+
+def test_longest_rows_come_longest_first_and_cycle_when_short():
+    rows = [{"input_ids": [0] * n} for n in (3, 9, 5)]
+    assert [len(r["input_ids"]) for r in longest_rows(rows, 2)] == [9, 5]
+    assert [len(r["input_ids"]) for r in longest_rows(rows, 5)] == [9, 5, 3, 9, 5]
+    pair = {"chosen": {"input_ids": [0] * 4}, "rejected": {"input_ids": [0] * 7}}
+    assert example_length(pair) == 7
