@@ -66,6 +66,7 @@ class Meta(_Record):
     objective: str = "sft"
     reference: dict[str, Any] = {}  # preference runs: mode (adapter_off | precomputed | none), the model, why
     init_from: str | None = None    # adapter.init_from: the run whose adapter this one started from
+    batch_size: dict[str, Any] = {}  # train.batch_size auto: the batch chosen, the memory cap, each candidate measured
 
 
 class TrainMetrics(BaseModel):

@@ -25,6 +25,7 @@ from ..evaluation.measure import measure
 from ..hardware import detect, peak_memory_mb, reset_peak_memory
 from ..modeling.fingerprint import check_same_base
 from ..modeling.load import base_config, load_base
+from ..planning.batch import choose_batch_size
 from ..recipe import Recipe, recipe_to_yaml
 from ..rundir import (
     BaseInfo, EvalMetrics, Meta, Metrics, TrainMetrics, default_run_dir, prepare_run_dir, read_meta, versions,
@@ -38,6 +39,7 @@ from .choices import resolve, resolve_precision
 from .optim import build_optimizer, build_scheduler
 from .preflight import preflight
 from .progress import TrainProgress
+from .recompute import enable_recompute
 from .ranks import Ranks
 from .reference import build_references, choose_reference
 
@@ -85,8 +87,10 @@ def _refuse_sharded(accelerator: Accelerator) -> None:
 
 def train(
     recipe: Recipe, *, run_dir: str | Path | None = None, force: bool = False, resume: bool = False,
-    console: Console | None = None,
+    console: Console | None = None, memory_cap_bytes: int | None = None,
 ) -> RunResult:
+    """`memory_cap_bytes`: what train.batch_size auto may let a measured peak reach (default: the device's
+    memory less a reserve; peftkit.planning.batch.memory_cap)."""
     t_start = time.perf_counter()
     hardware = detect()
     recipe, precision = resolve_precision(recipe, hardware)
@@ -111,6 +115,14 @@ def train(
         train_rows = with_kl_partners(train_rows, recipe.data.max_length)
         eval_rows = with_kl_partners(eval_rows, recipe.data.max_length) if eval_rows else eval_rows
     num_labels = len(data.label_names or ()) or None
+    batch = None
+    if recipe.train.batch_size == "auto":  # measured before the run's model loads (peftkit.planning.batch)
+        batch = choose_batch_size(recipe, hardware, precision, tokenizer=tokenizer, rows=train_rows,
+                                  label_names=data.label_names, config=base_config(recipe.model),
+                                  resume_from=out if found else None, num_processes=accelerator.num_processes,
+                                  memory_cap_bytes=memory_cap_bytes)
+        recipe = batch.recipe
+        console.print(batch.summary(), highlight=False)
     recipe, choices = resolve(recipe, hardware, precision, config=base_config(recipe.model))
     gc, packed = choices.recompute, choices.packing
     base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, device=accelerator.device,
@@ -125,9 +137,7 @@ def train(
         check_same_base(started.base.fingerprint if started else None, base.fingerprint,
                         what=f"model.base {recipe.model.base}", where=recipe.adapter.init_from)
     if gc.enabled:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
-                                              offload=recipe.train.checkpoint_offload and torch.cuda.is_available())
-        model.enable_input_require_grads()
+        enable_recompute(model, offload=recipe.train.checkpoint_offload)
     params = param_report(model)
     console.print(f"[bold]{recipe.name}[/]: {base.source.path_or_id} + {recipe.adapter.method}, {params}", highlight=False)
     console.print(f"gradient checkpointing {'on' if gc.enabled else 'off'} ({gc.why}); packing "
@@ -172,6 +182,7 @@ def train(
         objective=objective,
         reference=reference.to_dict() if reference.mode != "none" else {},
         init_from=recipe.adapter.init_from,
+        batch_size=batch.to_dict() if batch else {},
     )
     if ranks.main:  # the resolved recipe: every default filled in, every `auto` as chosen here
         write_atomic(out / "recipe.yaml", recipe_to_yaml(recipe))

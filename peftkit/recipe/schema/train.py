@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -39,8 +39,17 @@ class PreferenceSpec(Section):
 
 class TrainSpec(Section):
     max_steps: int = Field(100, ge=1, description="optimizer steps")
-    batch_size: int = Field(8, ge=1, description="examples per micro-batch")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        8, description="examples per micro-batch; auto: the largest that fits this device's memory, found by "
+        "measuring a few real steps on the longest examples (peftkit.planning.batch) among the divisors of "
+        "effective_batch, with grad_accum = effective_batch / batch_size; the run records what was measured"
+    )
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step; with batch_size auto it is "
+                            "chosen (effective_batch / the batch found), whatever is written here")
+    effective_batch: int | None = Field(
+        None, ge=1, description="examples per optimizer step (per process): batch_size x grad_accum. Needed with "
+        "batch_size auto, which keeps it; with a number for batch_size it may be stated and must then agree"
+    )
     lr: float = Field(2e-4, gt=0, le=1.0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps (capped at max_steps, so short runs need no edit)")
@@ -103,6 +112,16 @@ class TrainSpec(Section):
                                  f"{self.objective}: remove it")
         if self.precompute_ref is True and self.objective not in REFERENCE_OBJECTIVES:
             raise ValueError(f"precompute_ref: objective {self.objective} uses no reference model; remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _effective_batch_agrees(self):
+        if self.batch_size == "auto" and self.effective_batch is None:
+            raise ValueError("batch_size auto keeps the effective batch the recipe asks for: set effective_batch "
+                             "(examples per optimizer step, e.g. the old batch_size x grad_accum)")
+        if self.batch_size != "auto" and self.effective_batch not in (None, self.batch_size * self.grad_accum):
+            raise ValueError(f"effective_batch {self.effective_batch} is not batch_size {self.batch_size} x "
+                             f"grad_accum {self.grad_accum}: fix one, or set batch_size auto")
         return self
 
     @model_validator(mode="after")

@@ -1,0 +1,89 @@
+"""train.batch_size: auto — the largest micro-batch whose measured worst-case peak fits the memory cap, with
+grad_accum keeping train.effective_batch; the run records the choice and its measurements."""
+
+import json
+
+import pytest
+import yaml
+from support.tiny_run import tiny_recipe, write_base
+
+import peftkit
+import peftkit.training.trainer  # noqa: F401  imported before any peak is read: on CPU the peak is the process's
+from peftkit.errors import RecipeError
+from peftkit.planning.batch import divisors, predicted_peak_mb, search_batch_size
+from peftkit.planning.measure import prepare_workload
+from peftkit.recipe import recipe_from_dict
+
+from .test_measure import write_long_chat
+
+MINIMAL = {"name": "x", "model": {"base": "b"}, "data": {"path": "d.jsonl", "format": "chat"}}
+TB = 2**40
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    return write_base(root / "base"), write_long_chat(root / "long.jsonl")
+
+
+def auto_recipe(assets, run_dir, effective: int, **train):
+    base, chat = assets
+    return tiny_recipe(base, chat, run_dir, data={"max_length": 256}, eval={"metrics": ["loss"], "before": False},
+                       train={"batch_size": "auto", "effective_batch": effective, "max_steps": 2, **train})
+
+
+@pytest.fixture(scope="module")
+def roomy(assets, tmp_path_factory):
+    """The search under a cap nothing reaches: every divisor of 8 measured."""
+    work = prepare_workload(auto_recipe(assets, tmp_path_factory.mktemp("roomy") / "run", 8))
+    return search_batch_size(work, memory_cap_bytes=TB)
+
+
+def test_auto_needs_the_effective_batch_it_keeps():
+    with pytest.raises(RecipeError, match="effective_batch"):
+        recipe_from_dict({**MINIMAL, "train": {"batch_size": "auto"}})
+    with pytest.raises(RecipeError, match="effective_batch 12 is not batch_size 2 x grad_accum 4"):
+        recipe_from_dict({**MINIMAL, "train": {"batch_size": 2, "grad_accum": 4, "effective_batch": 12}})
+    assert recipe_from_dict({**MINIMAL, "train": {"batch_size": 2, "grad_accum": 4, "effective_batch": 8}})
+    # grad_accum written beside auto (a recipe whose batch_size was overridden on the command line) is replaced
+    assert recipe_from_dict({**MINIMAL, "train": {"batch_size": "auto", "grad_accum": 4, "effective_batch": 6}})
+
+
+def test_candidates_divide_the_effective_batch_and_peaks_extrapolate():
+    assert divisors(12) == [1, 2, 3, 4, 6, 12] and divisors(1) == [1]
+    assert predicted_peak_mb([(2, 120.0), (4, 140.0)], 100.0, 8) == 180.0
+    assert predicted_peak_mb([(2, 120.0)], 100.0, 4) == 140.0
+
+
+def test_a_cap_nothing_reaches_takes_the_whole_effective_batch(roomy):
+    assert (roomy.batch_size, roomy.grad_accum, roomy.effective_batch) == (8, 1, 8)
+    assert [t["batch_size"] for t in roomy.tried] == [1, 2, 4, 8] and all(t["fits"] for t in roomy.tried)
+    assert roomy.recipe.train.batch_size == 8 and roomy.measurement.batch_size == 8
+
+
+def test_a_smaller_cap_picks_a_smaller_batch_and_accumulates_the_rest(assets, roomy, tmp_path):
+    peaks = {t["batch_size"]: t["peak_mb"] for t in roomy.tried}
+    assert peaks[8] - peaks[1] > 40  # the longest rows make batch memory visible in the resident set
+    cap = (peaks[1] + peaks[8]) / 2 * 2**20
+    choice = search_batch_size(prepare_workload(auto_recipe(assets, tmp_path / "run", 8)), memory_cap_bytes=int(cap))
+    assert choice.batch_size < 8 and choice.batch_size * choice.grad_accum == 8
+    assert choice.measurement.peak_mb * 2**20 <= cap and not choice.tried[-1]["fits"]
+
+
+def test_a_cap_below_batch_one_is_one_line_naming_the_key(assets, tmp_path):
+    with pytest.raises(RecipeError, match="train.batch_size: auto: 1 example per micro-batch does not fit") as err:
+        search_batch_size(prepare_workload(auto_recipe(assets, tmp_path / "run", 4)), memory_cap_bytes=2**20)
+    assert "\n" not in str(err.value)
+
+
+def test_a_run_with_auto_trains_to_the_end_under_the_cap_and_records_the_choice(assets, roomy, tmp_path):
+    peaks = {t["batch_size"]: t["peak_mb"] for t in roomy.tried}
+    cap = int((peaks[1] + peaks[8]) / 2 * 2**20)
+    result = peftkit.train(auto_recipe(assets, tmp_path / "run", 8), memory_cap_bytes=cap)
+    written = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())["train"]
+    meta = json.loads((result.run_dir / "meta.json").read_text())["batch_size"]
+    assert result.metrics.train.steps == 2
+    assert written["batch_size"] == meta["batch_size"] and written["grad_accum"] == meta["grad_accum"]
+    assert written["batch_size"] * written["grad_accum"] == written["effective_batch"] == 8
+    assert meta["measurement"]["peak_mb"] * 2**20 <= cap and meta["tried"][0]["batch_size"] == 1
+    assert result.metrics.train.peak_memory["train_mb"] * 2**20 <= cap
