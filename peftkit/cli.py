@@ -73,8 +73,10 @@ def cmd_data_stats(args) -> int:
     from .data.preview import compute_stats, render_stats
 
     recipe, _, bundle = _bundle(args)
-    tr = compute_stats(bundle, batch_size=recipe.train.batch_size)
-    ev = compute_stats(bundle, batch_size=recipe.eval.batch_size or recipe.train.batch_size, split="eval")
+    t = recipe.train
+    batch = t.effective_batch if t.batch_size == "auto" else t.batch_size  # auto: measured at train time, at most this
+    tr = compute_stats(bundle, batch_size=batch)
+    ev = compute_stats(bundle, batch_size=recipe.eval.batch_size or batch, split="eval")
     if args.json:
         print(json.dumps({"train": tr.to_dict(), "eval": ev.to_dict(), "report": bundle.report.to_dict()}, indent=2))
     else:

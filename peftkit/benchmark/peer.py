@@ -41,7 +41,10 @@ def comparison_problems(recipe: Recipe) -> list[Problem]:
         # TRL 1.16's sigmoid loss has no smoothing; its `robust` loss is a different (unbiased) estimator
         out.append(Problem("train.preference.label_smoothing", "bench --vs trl: TRL's DPOTrainer (sigmoid loss) has "
                            "no conservative-DPO smoothing; set 0", t.preference.label_smoothing, True))
-    if t.objective == "kto" and recipe.data.format == "unpaired_preference" and t.batch_size < 2:
+    if t.batch_size == "auto":
+        out.append(Problem("train.batch_size", "bench --vs trl runs both routes at one micro-batch: give a number "
+                           "(peftkit train measures auto; its run's recipe.yaml says what it chose)", "auto", True))
+    elif t.objective == "kto" and recipe.data.format == "unpaired_preference" and t.batch_size < 2:
         out.append(Problem("train.batch_size", "bench --vs trl: TRL's KTOTrainer needs 2 or more answers per "
                            "micro-batch (its KL estimate mismatches them)", t.batch_size, True))
     return out
