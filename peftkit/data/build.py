@@ -1,7 +1,8 @@
 """`build_data`: the recipe's data section + a tokenizer -> tokenized train/eval examples and a report.
 
-Order: read rows (each source from its local copy, or the hub dataset behind it when that is absent) -> split off eval (separate file, or a seeded fraction) -> shuffle train (seeded) -> render,
-mask and tokenize until data.limit examples are kept -> report what was truncated, dropped and skipped.
+Order: read rows (each source from its local copy, or from the hub dataset behind it when that is absent) -> split
+off eval (separate file, or a seeded fraction) -> shuffle train (seeded) -> render, mask and tokenize until
+data.limit examples are kept -> report what was read, truncated, dropped and skipped.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ SHIPPED = sorted(RECIPES.rglob("*.yaml"))
 
 HH_LIKE = [{"chosen": f"\n\nHuman: question {i}\n\nAssistant: answer {i}",
             "rejected": f"\n\nHuman: question {i}\n\nAssistant: no"} for i in range(20)]
-HH_SPEC = dict(format="chat", columns={"messages": "chosen"}, transcript_roles={"Human": "user", "Assistant": "assistant"},
-               eval_fraction=0.2)
+HH_SPEC = dict(format="chat", columns={"messages": "chosen"}, eval_fraction=0.2,
+               transcript_roles={"Human": "user", "Assistant": "assistant"})
 HUB = {"id": "org/hh-like", "data_dir": "helpful-base", "split": "test"}
 
 
@@ -71,7 +71,8 @@ def test_local_copy_absent_reads_the_hub_split_with_its_arguments(tmp_path, fake
     assert seen == [("org/hh-like", {"name": None, "data_dir": "helpful-base", "split": "test", "revision": "abc123"})]
     assert there.train == here.train and there.eval == here.eval  # the same rows, rendered the same way
     (read,) = there.report.read
-    assert (read.read, read.hub, read.split, read.local) == ("hub", "org/hh-like", "test", str(tmp_path / "absent.jsonl.gz"))
+    absent = str(tmp_path / "absent.jsonl.gz")
+    assert (read.read, read.hub, read.split, read.local) == ("hub", "org/hh-like", "test", absent)
     assert there.report.sources == ("org/hh-like (data_dir helpful-base, split test, revision abc123)",)
     recorded = there.report.to_dict()["read"]  # what meta.json holds
     assert recorded[0]["read"] == "hub" and recorded[0]["data_dir"] == "helpful-base"

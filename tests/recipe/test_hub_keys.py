@@ -38,8 +38,10 @@ def test_without_path_or_hub_path_is_required():
 
 
 def test_each_local_file_has_its_hub_split():
-    assert "eval_path needs hub.eval_split" in problems(path="t.tsv", eval_path="d.tsv", hub={"id": "o/d"})["data"]
-    assert "hub.eval_split stands in for eval_path" in problems(path="t.tsv", hub={"id": "o/d", "eval_split": "v"})["data"]
+    local_eval_only = problems(path="t.tsv", eval_path="d.tsv", hub={"id": "o/d"})
+    assert "eval_path needs hub.eval_split" in local_eval_only["data"]
+    hub_eval_only = problems(path="t.tsv", hub={"id": "o/d", "eval_split": "v"})
+    assert "hub.eval_split stands in for eval_path" in hub_eval_only["data"]
 
 
 def test_bad_hub_keys_are_named():
