@@ -103,8 +103,10 @@ def train(
         console = Console(stderr=True, quiet=True)
     # before any weights load, and before --force deletes anything; the main process checks for all
     if ranks.main:
-        preflight(recipe, Path(run_dir) if run_dir else default_run_dir(recipe),
-                  resume=resume or recipe.train.resume == "auto", force=force)
+        checked = preflight(recipe, Path(run_dir) if run_dir else default_run_dir(recipe),
+                            resume=resume or recipe.train.resume == "auto", force=force)
+        for line in checked.hub_sources:  # a local copy absent here: its public source is downloaded instead
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
     out, found = _open_run_dir(recipe, run_dir, force, resume, ranks)
     seed_everything(recipe.train.seed)
 
