@@ -25,7 +25,8 @@ def choose_sources(spec: DataSpec, base_dir: Path) -> tuple[SourceRead, ...]:
     reads = [choose("data.path", spec.path, hub, hub.split if hub else None, base_dir)]
     if spec.eval_path is not None or (hub is not None and hub.eval_split is not None):
         reads.append(choose("data.eval_path", spec.eval_path, hub, hub.eval_split if hub else None, base_dir))
-    reads += [choose(f"data.mix.{i}.path", m.path, None, None, base_dir) for i, m in enumerate(spec.mix)]
+    reads += [choose(f"data.mix.{i}.path", m.path, m.hub, m.hub.split if m.hub else None, base_dir)
+              for i, m in enumerate(spec.mix)]
     return tuple(reads)
 
 

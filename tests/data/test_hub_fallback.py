@@ -148,11 +148,12 @@ def test_describe_says_what_stands_in_for_what(tmp_path):
 @pytest.mark.parametrize("file", SHIPPED, ids=lambda f: str(f.relative_to(RECIPES)))
 def test_every_shipped_recipe_names_a_hub_source_unless_builtin(file):
     data = load_recipe(file).data
-    for source in (data.path, data.eval_path, *(m.path for m in data.mix)):
+    pairs = [(data.path, data.hub), (data.eval_path, data.hub), *((m.path, m.hub) for m in data.mix)]
+    for source, hub in pairs:
         if source is None or source.startswith("builtin:"):
             continue
         bare_id = HUB_DATASET_ID.fullmatch(source) and not (file.parent / source).exists()
-        assert data.hub is not None or bare_id, f"{file.name}: {source} has no public source (data.hub)"
+        assert hub is not None or bare_id, f"{file.name}: {source} has no public source (hub)"
 
 
 @pytest.mark.parametrize("file", SHIPPED, ids=lambda f: str(f.relative_to(RECIPES)))
@@ -233,3 +234,12 @@ def test_data_stats_offline_is_one_line_naming_both(tmp_path):
     (line,) = done.stderr.strip().splitlines()
     assert f"{tmp_path}/shared/chat.jsonl: no such file or folder (data.path), and the dataset hub did not serve " \
            "org/elsewhere (split train) (Couldn't reach 'org/elsewhere' on the Hub" in line
+
+
+def test_a_mixed_source_falls_back_to_its_own_hub_dataset(tmp_path, fake_tokenizer):
+    local = write_gz(tmp_path / "test.jsonl.gz", HH_LIKE)
+    seen: list = []
+    spec = DataSpec(**HH_SPEC, path=str(local), mix=[{"path": "absent.jsonl", "hub": {"id": "org/more"}, "limit": 5}])
+    bundle = build_data(spec, fake_tokenizer, seed=0, base_dir=tmp_path, hub_loader=from_rows(HH_LIKE, seen))
+    assert [(r.key, r.read) for r in bundle.report.read] == [("data.path", "local"), ("data.mix.0.path", "hub")]
+    assert [s[0] for s in seen] == ["org/more"] and len(bundle.train) == 16 + 5

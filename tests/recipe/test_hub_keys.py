@@ -55,3 +55,11 @@ def test_the_keys_are_listed_with_their_descriptions():
     for key in ("data.hub.id", "data.hub.config", "data.hub.data_dir", "data.hub.split", "data.hub.eval_split",
                 "data.hub.revision"):
         assert rows[key]
+
+
+def test_a_mixed_source_may_name_its_hub_dataset():
+    d = data(path="d.jsonl", mix=[{"hub": {"id": "org/more", "split": "train"}, "limit": 10}, {"path": "x.jsonl"}])
+    assert d.mix[0].path is None and d.mix[0].hub.id == "org/more"
+    assert problems(path="d.jsonl", mix=[{"limit": 3}])["data.mix.0.path"].startswith("required key is missing")
+    assert "eval_split does not apply" in problems(path="d.jsonl", mix=[{"hub": {"id": "o/d", "eval_split": "v"}}])[
+        "data.mix.0.hub"]

@@ -35,11 +35,14 @@ def _no_nul(v: str | None) -> str | None:
     return v
 
 
-class MixSource(Section):
-    path: str = Field(..., description="another data file or folder mixed into training (same format and columns)")
-    limit: int | None = Field(None, ge=1, description="use at most this many examples of this source")
-
-    _path_ok = field_validator("path")(_no_nul)
+def _path_or_hub(path: str | None, info: ValidationInfo) -> str | None:
+    """A source's path may be left out when its hub names the data (hub is declared first, so it is in info.data)."""
+    hub = info.data.get("hub")
+    if path is None and hub is None and "hub" in info.data:  # (a bad hub is reported on its own)
+        raise ValueError("required key is missing (a file, folder or builtin:NAME), unless hub names a hub dataset")
+    if path is not None and hub is not None and path.startswith("builtin:"):
+        raise ValueError("builtin data needs no hub source: drop hub")
+    return _no_nul(path)
 
 
 class HubSource(Section):
@@ -50,7 +53,8 @@ class HubSource(Section):
                                "nyu-mll/glue)")
     data_dir: str | None = Field(None, description="folder inside the dataset repository (e.g. helpful-base of "
                                  "Anthropic/hh-rlhf)")
-    split: str = Field("train", description="split read in place of data.path (e.g. train, test, train+validation)")
+    split: str = Field("train", description="split read in place of the local path (e.g. train, test, "
+                       "train+validation)")
     eval_split: str | None = Field(None, description="split read in place of data.eval_path (e.g. validation)")
     revision: str | None = Field(None, description="branch, tag or commit of the dataset repository (pins the rows)")
 
@@ -59,6 +63,26 @@ class HubSource(Section):
     def _owner_name(cls, v: str) -> str:
         if not HUB_DATASET_ID.fullmatch(v):
             raise ValueError("is not a hub dataset id (owner/name)")
+        return v
+
+
+class MixSource(Section):
+    hub: HubSource | None = Field(None, description="the public hub dataset of this source, read when path is "
+                                  "unset or absent here (its split; eval_split does not apply)")
+    path: str | None = Field(None, description="another data file or folder mixed into training (same format and "
+                             "columns)")
+    limit: int | None = Field(None, ge=1, description="use at most this many examples of this source")
+
+    @field_validator("path")
+    @classmethod
+    def _path_or_hub(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _path_or_hub(v, info)
+
+    @field_validator("hub")
+    @classmethod
+    def _no_eval_split(cls, v: HubSource | None) -> HubSource | None:
+        if v is not None and v.eval_split is not None:
+            raise ValueError("a mixed source is training data: eval_split does not apply")
         return v
 
 
@@ -123,12 +147,7 @@ class DataSpec(Section):
     @field_validator("path")
     @classmethod
     def _path_or_hub(cls, v: str | None, info: ValidationInfo) -> str | None:
-        hub = info.data.get("hub")
-        if v is None and hub is None and "hub" in info.data:  # (a bad hub is reported on its own)
-            raise ValueError("required key is missing (a file, folder or builtin:NAME; or a hub dataset in data.hub)")
-        if v is not None and hub is not None and v.startswith("builtin:"):
-            raise ValueError("builtin data needs no hub source: drop data.hub")
-        return _no_nul(v)
+        return _path_or_hub(v, info)
 
     @model_validator(mode="after")
     def _eval_source(self):
