@@ -27,6 +27,24 @@ def test_recipe_validates_and_opens_with_its_command(name):
     assert f"recipes/{name}.yaml" in file.read_text().split("\nname:")[0]  # the header shows how to run it
 
 
+GPU_RECIPES = sorted(p.stem for p in (RECIPES / "gpu").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", GPU_RECIPES)
+def test_gpu_recipe_validates_and_names_hub_sources(name):
+    """recipes/gpu/: each validates offline, opens with its commands and the card it is sized for, and names a hub
+    model and a hub dataset (training them needs the hub; planning them does not)."""
+    file = RECIPES / "gpu" / f"{name}.yaml"
+    recipe = load_recipe(file)
+    header = file.read_text().split("\nname:")[0]
+    assert recipe.name == name and f"recipes/gpu/{name}.yaml" in header and "Sized for" in header
+    assert recipe.model.base.count("/") == 1 and recipe.data.path.count("/") == 1, (recipe.model.base, recipe.data.path)
+
+
+def test_there_is_a_gpu_recipe_per_shipped_hub_model():
+    assert len(GPU_RECIPES) >= 7
+
+
 @needs_data
 @pytest.mark.parametrize("name", DATA_RECIPES)
 def test_recipe_data_paths_exist(name):
