@@ -149,8 +149,13 @@ def cmd_plan(args) -> int:
     memory = parse_memory(args.memory) if args.memory is not None else None
     recipe = load_recipe(args.recipe, args.overrides)
     result = plan(recipe, memory=memory, device=args.device, config_file=args.config)
+    measured = None
+    if args.measure:  # loads the weights and data here and steps them (peftkit.planning.compare)
+        from .planning.compare import measure_plan
+
+        measured = measure_plan(recipe, config_file=args.config)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), **({"measured": measured.to_dict()} if measured else {})}, indent=2))
         return 0
     est, gib = result.estimate, 2**30
     s = est.settings
@@ -174,6 +179,8 @@ def cmd_plan(args) -> int:
                       f"{' (fits)' if step.fits else ''}: {step.change}", highlight=False)
         if result.advice and not result.advice[-1].fits:
             out.print("  even with all of these it does not fit: a smaller base model, or a larger card", highlight=False)
+    for line in measured.summary() if measured else ():
+        out.print(line, highlight=False)
     return 0
 
 
@@ -286,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where training runs (default cuda; cpu: this machine, its auto precision and RAM)")
     p.add_argument("--config", metavar="FILE", help="the base's config.json, when it is neither cached nor shipped")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--measure", action="store_true",
+                   help="also load the base here and run 3 real optimizer steps on the recipe's longest examples: "
+                   "measured peak memory and tokens/s beside the estimate of that batch, and their ratio")
     p.set_defaults(func=cmd_plan)
 
     recipes = sub.add_parser("recipes", help="check recipes and list their keys").add_subparsers(dest="sub", required=True)

@@ -6,6 +6,7 @@ import pytest
 from support.tiny_run import tiny_recipe, write_base, write_pairs
 
 from peftkit.data.prepare import prepare_data
+from peftkit.planning.compare import measure_plan
 from peftkit.planning.measure import example_length, longest_rows, measure
 
 
@@ -52,3 +53,16 @@ def test_longest_rows_come_longest_first_and_cycle_when_short():
     assert [len(r["input_ids"]) for r in longest_rows(rows, 5)] == [9, 5, 3, 9, 5]
     pair = {"chosen": {"input_ids": [0] * 4}, "rejected": {"input_ids": [0] * 7}}
     assert example_length(pair) == 7
+
+
+def test_plan_measure_compares_with_the_estimate_of_the_measured_batch(assets, tmp_path):
+    base, chat, _ = assets
+    recipe = tiny_recipe(base, chat, tmp_path / "run", data={"max_length": 256}, train={"batch_size": 2})
+    got = measure_plan(recipe, steps=1)
+    m = got.measurement
+    assert f"data.max_length={m.longest_tokens}" in got.overrides and "train.batch_size=2" in got.overrides
+    assert got.estimate.settings.tokens_per_step == 2 * m.longest_tokens  # the plan sized for the measured batch
+    # CPU: the process's RSS peak against held + train + the plan's process baseline
+    assert got.estimate_bytes == sum(line.bytes for line in got.estimate.lines if line.phase != "eval")
+    assert got.ratio == m.peak_mb * 2**20 / got.estimate_bytes > 0
+    assert got.to_dict()["measurement"]["shape"] == (2, m.longest_tokens)
