@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from rich.console import Console
@@ -175,7 +176,7 @@ def cmd_plan(args) -> int:
         verdict = "fits" if est.peak_bytes <= memory else "does not fit"
         out.print(f"{args.memory}: {verdict} ({est.peak_bytes / gib:.2f} GiB of {memory / gib:.2f} GiB)", highlight=False)
         for i, step in enumerate(result.advice, 1):
-            out.print(f"  {i}. {' '.join(step.overrides)}  -> {step.peak_bytes / gib:.2f} GiB"
+            out.print(f"  {i}. {' '.join(shlex.quote(o) for o in step.overrides)}  -> {step.peak_bytes / gib:.2f} GiB"
                       f"{' (fits)' if step.fits else ''}: {step.change}", highlight=False)
         if result.advice and not result.advice[-1].fits:
             out.print("  even with all of these it does not fit: a smaller base model, or a larger card", highlight=False)

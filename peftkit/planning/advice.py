@@ -90,8 +90,11 @@ def _chunked_logits(r: Recipe, est: Estimate):
 
 
 def _four_bit(r: Recipe, est: Estimate):
-    if r.model.quantization.bits != 4:
-        yield "load the base in 4-bit NF4 (QLoRA)", ("model.quantization.bits=4",)
+    bits = r.model.quantization.bits
+    if bits == 8:
+        yield "load the base in 4-bit NF4 instead of 8-bit", ("model.quantization.bits=4",)
+    elif bits is None:  # the whole section: a recipe may spell it `quantization: none`, which takes no sub-key
+        yield "load the base in 4-bit NF4 (QLoRA)", ("model.quantization={bits: 4}",)
 
 
 def _paged_optimizer(r: Recipe, est: Estimate):
