@@ -9,8 +9,9 @@ weights and adapters on top (bitsandbytes' 4/8-bit matmuls and a frozen nn.Linea
 - MLP: SwiGLU / GeGLU keeps the gate's input, the activation and the up projection (3 x intermediate); a GELU MLP
   its input (1 x intermediate);
 - each adapted layer's input, cast to the adapter's dtype (PEFT casts x to the fp32 adapter; under autocast the
-  matmul keeps a 16-bit copy), one copy per layer when cast or behind dropout (+ a 1-byte dropout mask), else
-  shared by the layers reading the same tensor; and the rank-wide output of A;
+  matmul keeps a 16-bit copy), one copy per layer when cast or behind dropout, else shared by the layers reading
+  the same tensor; dropout's mask (1 byte per element in CUDA's fused kernel; on CPU the scaled noise, as wide as
+  the input); and the rank-wide output of A;
 - a backward workspace of two intermediate-wide gradients.
 With recompute (gradient checkpointing) each block keeps only its input, and one block's activations exist again
 while its backward runs; with checkpoint_offload even the inputs move to host memory.
@@ -38,6 +39,7 @@ class ActivationModel:
     adapter_in_bytes: int = 4  # an adapted layer's saved input: 4 (fp32 adapter, no autocast) or the autocast dtype
     rank: int = 16
     dropout: bool = False  # adapter dropout > 0
+    dropout_mask_bytes: int = 4  # per element: 1 with CUDA's fused dropout, the input's width on CPU
     adapted: frozenset[str] = ALL_LEAVES  # leaves of INPUT_GROUPS carrying an adapter
     attention_seq: int | None = None  # eager attention: the sequence length whose probabilities are kept
     gated_mlp: bool = True
@@ -72,7 +74,7 @@ def layer_bytes(shape: BaseShape, m: ActivationModel) -> int:
         if not n:
             continue
         copies = n if (lb != a or m.dropout) else 1
-        total += copies * widths[width] * (lb + (1 if m.dropout else 0)) + n * m.rank * lb
+        total += copies * widths[width] * (lb + (m.dropout_mask_bytes if m.dropout else 0)) + n * m.rank * lb
     return total + 2 * i * a  # backward workspace
 
 
@@ -104,14 +106,16 @@ def architecture(values: dict) -> tuple[bool, bool, bool]:
     return rms, rms, dropout
 
 
-def model_for(adapter, *, act_bytes: int, autocast: bool, eager_seq: int | None = None, gated_mlp: bool = True,
-              rms_norm: bool = True, norms_per_layer: int = 2, chunked_loss: bool = False) -> ActivationModel:
+def model_for(adapter, *, act_bytes: int, autocast: bool, cuda: bool, eager_seq: int | None = None,
+              gated_mlp: bool = True, rms_norm: bool = True, norms_per_layer: int = 2,
+              chunked_loss: bool = False) -> ActivationModel:
     """The activation model of a recipe's adapter section (peftkit.recipe.schema.AdapterSpec) on a base whose
     activations are `act_bytes` wide; `autocast`: mixed precision on (the adapters' inputs kept 16-bit)."""
     weight_method = adapter.method not in ("prompt_tuning", "prefix_tuning")
     return ActivationModel(
         act_bytes=act_bytes, adapter_in_bytes=act_bytes if autocast else 4, rank=adapter.rank,
         dropout=adapter.dropout > 0 and adapter.method in ("lora", "dora", "rslora", "adalora", "vera"),
+        dropout_mask_bytes=1 if cuda else (act_bytes if autocast else 4),
         adapted=adapted_leaves(adapter.targets) if weight_method else frozenset(), attention_seq=eager_seq,
         gated_mlp=gated_mlp, rms_norm=rms_norm, norms_per_layer=norms_per_layer, hidden_states_kept=chunked_loss,
     )

@@ -101,7 +101,7 @@ def estimate(recipe: Recipe, inv: Inventory, *, device: Device = "cuda", device_
     eager = causal and m.attn_implementation in ("eager", "auto") and device == "cpu"
 
     def acts_model(eager_attention: bool):
-        return model_for(a, act_bytes=act, autocast=autocast, eager_seq=d.max_length if eager_attention else None,
+        return model_for(a, act_bytes=act, autocast=autocast, cuda=device == "cuda", eager_seq=d.max_length if eager_attention else None,
                          gated_mlp=inv.gated_mlp, rms_norm=inv.rms_norm, norms_per_layer=inv.norms_per_layer,
                          chunked_loss=bool(chunk))
 

@@ -65,7 +65,7 @@ def activation_model(recipe: Recipe, precision: Precision, config, *, cuda: bool
     act_bytes = 2 if autocast or precision.model_dtype.value != "float32" else 4
     eager = choose_attention(recipe.model.attn_implementation, recipe.model.task, False, cuda=cuda) == "eager"
     gated, rms, attention_dropout = architecture(config_values(config))
-    return model_for(recipe.adapter, act_bytes=act_bytes, autocast=autocast,
+    return model_for(recipe.adapter, act_bytes=act_bytes, autocast=autocast, cuda=cuda,
                      eager_seq=recipe.data.max_length if eager or attention_dropout else None, gated_mlp=gated,
                      rms_norm=rms, chunked_loss=bool(recipe.train.selective_logits and recipe.train.logits_chunk))
 
