@@ -192,13 +192,27 @@ def memory_in_use_mb() -> float:
     return peak_memory_mb()[0]  # elsewhere only the peak is known
 
 
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim): the resident set is then what is alive,
+    not also what earlier, larger allocations left behind. A no-op where there is no glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak_memory() -> None:
-    """Start a new peak: between loading, eval and training, so each phase's figure is its own."""
+    """Start a new peak: between loading, eval and training, so each phase's figure is its own. On CPU the free
+    heap is released first, so a phase's peak starts from what is alive (and a measured run and the run it
+    sizes start alike: peftkit.planning.measure)."""
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return
+    release_free_heap()
     try:  # Linux: "5" resets VmHWM to the current resident set
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")

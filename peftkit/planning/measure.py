@@ -8,13 +8,13 @@ part of the peak). dpo/ipo/kto score their reference with the adapter switched o
 a run may take (a precomputed reference is a table lookup during the steps).
 
 Peak memory is peftkit.hardware's: the CUDA allocator's peak on a GPU; on CPU the resident-set high-water mark,
-which is the whole process's, so `baseline_mb` (the process before anything loaded) is reported beside it.
+which is the whole process's, so `baseline_mb` (the process before anything loaded) is reported beside it;
+reset_peak_memory hands the free C heap back first, here and in the trainer alike.
 Nothing is written: no run directory, no checkpoint.
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
 from itertools import repeat
 from dataclasses import asdict, dataclass
@@ -26,7 +26,9 @@ from ..adapters import attach_adapter, param_groups
 from ..data import make_collator
 from ..data.collate import with_kl_partners
 from ..data.prepare import prepare_data
-from ..hardware import Hardware, Precision, detect, memory_in_use_mb, peak_memory_mb, reset_peak_memory
+from ..hardware import (
+    Hardware, Precision, detect, memory_in_use_mb, peak_memory_mb, release_free_heap, reset_peak_memory,
+)
 from ..modeling.load import base_config, load_base
 from ..recipe import Recipe, recipe_from_dict
 from ..recipe.schema.train import REFERENCE_OBJECTIVES
@@ -109,15 +111,6 @@ def longest_rows(rows: list[dict], n: int) -> list[dict]:
     return [rows[order[i % len(order)]] for i in range(n)]
 
 
-def release_free_heap() -> None:
-    """Hand the C heap's free pages back to the OS (glibc's malloc_trim), so that on CPU the resident set a probe
-    starts from is what is alive, not what earlier, larger batches left behind; a no-op elsewhere."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 class Rig:
     """The model, adapter and optimizer of one resolved recipe, built once and stepped on worst-case batches of
     several sizes (the batch-size search probes each candidate on the same rig). close() frees it."""
@@ -154,8 +147,7 @@ class Rig:
             "max_steps": steps, "batch_size": batch_size, "grad_accum": 1, "log_every": 1, "checkpoint_every": None})
         scheduler = build_scheduler(self.optimizer, spec)
         logs: list[StepLog] = []
-        release_free_heap()
-        reset_peak_memory()
+        reset_peak_memory()  # on CPU: after handing back the free heap, so the peak starts from what is alive
         try:
             fit(self.model, self.optimizer, scheduler, (dict(batch) for _ in repeat(None)), self.accelerator, spec,
                 FitState(), on_step=logs.append, reference=self.reference)

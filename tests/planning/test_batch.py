@@ -10,7 +10,7 @@ from support.tiny_run import tiny_recipe, write_base
 import peftkit
 import peftkit.training.trainer  # noqa: F401  imported before any peak is read: on CPU the peak is the process's
 from peftkit.errors import RecipeError
-from peftkit.planning.batch import divisors, predicted_peak_mb, search_batch_size
+from peftkit.planning.batch import choose_batch_size, divisors, predicted_peak_mb, search_batch_size
 from peftkit.planning.measure import prepare_workload
 from peftkit.recipe import recipe_from_dict
 
@@ -87,3 +87,9 @@ def test_a_run_with_auto_trains_to_the_end_under_the_cap_and_records_the_choice(
     assert written["batch_size"] * written["grad_accum"] == written["effective_batch"] == 8
     assert meta["measurement"]["peak_mb"] * 2**20 <= cap and meta["tried"][0]["batch_size"] == 1
     assert result.metrics.train.peak_memory["train_mb"] * 2**20 <= cap
+    # a resumed run keeps the recorded batch (the batch order depends on it) without measuring again
+    work = prepare_workload(auto_recipe(assets, tmp_path / "run", 8))
+    again = choose_batch_size(work.recipe, work.hardware, work.precision, tokenizer=None, rows=[], label_names=None,
+                              config=None, resume_from=result.run_dir, memory_cap_bytes=1)
+    assert (again.batch_size, again.grad_accum) == (meta["batch_size"], meta["grad_accum"])
+    assert json.loads(json.dumps(again.to_dict())) == meta
