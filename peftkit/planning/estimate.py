@@ -16,7 +16,7 @@ from ..adapters.estimate import estimate_adapter_params
 from ..errors import Problem, RecipeError
 from ..recipe import Recipe
 from ..recipe.schema.adapter import PROMPT_LEARNING
-from .activations import BUDGET_SHARE, activation_bytes, model_for
+from ..training.memory import BUDGET_SHARE, activation_bytes, model_for
 from .inventory import Inventory
 from .weights import DTYPE_BYTES, weight_bytes
 

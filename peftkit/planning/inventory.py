@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..adapters.estimate import BaseShape, base_shape
 from ..errors import PeftkitError
-from .activations import architecture
+from ..training.memory import architecture
 
 # Linear layers transformers' bitsandbytes integration leaves un-quantized besides the output embeddings
 # (peftkit.modeling.load: classification heads stay trainable).

@@ -6,7 +6,7 @@ eval, merge and export of that run load the model exactly as training did.
 - precision (model.dtype, quantization.compute_dtype, train.mixed_precision): peftkit.hardware's rule, which
   `peftkit doctor` shows too.
 - recompute (train.gradient_checkpointing): on when a batch_size x max_length batch's activations would take more
-  than a quarter of the device's memory (the GPU's, or RAM on CPU), counted by peftkit.planning.activations, the
+  than a quarter of the device's memory (the GPU's, or RAM on CPU), counted by peftkit.training.memory, the
   same model of memory `peftkit plan` shows. What it costs and saves:
   benchmarks/results/levers.md, row "checkpointing" against row "plain".
 - packing (data.packing): packed rows only with recompute on; levers.md, rows "packing" and "defaults".
@@ -23,7 +23,7 @@ import torch
 
 from ..adapters.estimate import base_shape
 from ..hardware import Hardware, Precision, choose_precision
-from ..planning.activations import BUDGET_SHARE, ActivationModel, activation_bytes, architecture, model_for
+from .memory import BUDGET_SHARE, ActivationModel, activation_bytes, architecture, model_for
 from ..recipe import Recipe, recipe_from_dict
 from ..recipe.schema.adapter import PROMPT_LEARNING
 from ..recipe.schema.data import PREFERENCE_FORMATS
@@ -50,7 +50,7 @@ def config_values(config) -> dict:
 
 
 def activation_estimate(tokens: int, config, activations: ActivationModel | None = None) -> int | None:
-    """Activations of a `tokens`-token micro-batch without recompute: peftkit.planning.activations, the model
+    """Activations of a `tokens`-token micro-batch without recompute: peftkit.training.memory, the model
     `peftkit plan` uses. None when the config gives no layer count / hidden size."""
     shape = base_shape(config_values(config))
     if shape is None:

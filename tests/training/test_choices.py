@@ -10,7 +10,7 @@ from support.tiny_run import tiny_recipe, write_base, write_chat
 import peftkit
 from peftkit.recipe import recipe_from_dict
 from peftkit.adapters.estimate import base_shape
-from peftkit.planning.activations import ActivationModel, activation_bytes
+from peftkit.training.memory import ActivationModel, activation_bytes
 from peftkit.training.choices import activation_estimate, choose_checkpointing
 
 SMOLLM2 = SimpleNamespace(num_hidden_layers=30, hidden_size=576)

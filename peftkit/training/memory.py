@@ -1,4 +1,5 @@
-"""Activation memory of one training micro-batch: what autograd keeps between the forward and the backward, per token.
+"""The model of training memory that both `peftkit plan` and the trainer read: activations of one micro-batch,
+what autograd keeps between the forward and the backward, per token.
 
 One model of memory for the planner (`peftkit plan`) and for the trainer's `train.gradient_checkpointing: auto`
 (peftkit.training.choices), counted from what PyTorch saves for the backward in a decoder block with frozen base

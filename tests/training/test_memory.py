@@ -7,7 +7,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from peftkit.adapters.estimate import base_shape
-from peftkit.planning.activations import ActivationModel, activation_bytes
+from peftkit.training.memory import ActivationModel, activation_bytes
 
 VALUES = dict(vocab_size=500, hidden_size=128, intermediate_size=344, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2)
