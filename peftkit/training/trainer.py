@@ -25,12 +25,12 @@ from ..evaluation.measure import measure
 from ..hardware import detect, peak_memory_mb, reset_peak_memory
 from ..modeling.fingerprint import check_same_base
 from ..modeling.load import base_config, load_base
-from ..planning.batch import choose_batch_size
 from ..recipe import Recipe, recipe_to_yaml
 from ..rundir import (
     BaseInfo, EvalMetrics, Meta, Metrics, TrainMetrics, default_run_dir, prepare_run_dir, read_meta, versions,
     write_atomic, write_record,
 )
+from .batch_size import choose_batch_size
 from .batches import Batches
 from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from .interrupt import GracefulStop
@@ -90,7 +90,7 @@ def train(
     console: Console | None = None, memory_cap_bytes: int | None = None,
 ) -> RunResult:
     """`memory_cap_bytes`: what train.batch_size auto may let a measured peak reach (default: the device's
-    memory less a reserve; peftkit.planning.batch.memory_cap)."""
+    memory less a reserve; training.batch_size.memory_cap)."""
     t_start = time.perf_counter()
     hardware = detect()
     recipe, precision = resolve_precision(recipe, hardware)
@@ -118,7 +118,7 @@ def train(
         eval_rows = with_kl_partners(eval_rows, recipe.data.max_length) if eval_rows else eval_rows
     num_labels = len(data.label_names or ()) or None
     batch = None
-    if recipe.train.batch_size == "auto":  # measured before the run's model loads (peftkit.planning.batch)
+    if recipe.train.batch_size == "auto":  # measured before the run's model loads (training.batch_size)
         batch = choose_batch_size(recipe, hardware, precision, tokenizer=tokenizer, rows=train_rows,
                                   label_names=data.label_names, config=base_config(recipe.model),
                                   resume_from=out if found else None, num_processes=accelerator.num_processes,

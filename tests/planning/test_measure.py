@@ -1,23 +1,13 @@
-"""peftkit.planning.measure: real optimizer steps on the recipe's longest examples, nothing written."""
-
-import json
+"""peftkit.planning.measure (over peftkit.training.probe): real optimizer steps on the recipe's longest examples,
+nothing written; `plan --measure` sets them beside the estimate of the same batch."""
 
 import pytest
-from support.tiny_run import tiny_recipe, write_base, write_pairs
+from support.tiny_run import tiny_recipe, write_base, write_long_chat, write_pairs
 
 from peftkit.data.prepare import prepare_data
 from peftkit.planning.compare import measure_plan
-from peftkit.planning.measure import example_length, longest_rows, measure
-
-
-def write_long_chat(path, n=16):
-    """Chat rows of growing length (about 90 to 250 tokens): batch memory that a resident set can see."""
-    with path.open("w") as fh:
-        for i in range(n):
-            answer = " ".join(str((i * j) % 10) for j in range(40 + 5 * i))
-            fh.write(json.dumps({"messages": [{"role": "user", "content": f"count {i}"},
-                                              {"role": "assistant", "content": answer}]}) + "\n")
-    return path
+from peftkit.planning.measure import measure
+from peftkit.training.probe import example_length, longest_rows
 
 
 @pytest.fixture(scope="module")

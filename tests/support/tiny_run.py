@@ -62,6 +62,16 @@ def write_chat(path: Path, n: int = 24) -> Path:
     return path
 
 
+def write_long_chat(path: Path, n: int = 16) -> Path:
+    """Chat rows of growing length (about 90 to 250 tokens): batch memory that a resident set can see."""
+    with path.open("w") as fh:
+        for i in range(n):
+            answer = " ".join(str((i * j) % 10) for j in range(40 + 5 * i))
+            fh.write(json.dumps({"messages": [{"role": "user", "content": f"count {i}"},
+                                              {"role": "assistant", "content": answer}]}) + "\n")
+    return path
+
+
 def write_pairs(path: Path, n: int = 24, *, refusals: bool = False) -> Path:
     """Preference pairs: the right sum chosen, rejected one off by one (subtle), or with `refusals` a refusal
     (a preference a tiny model learns and carries to held-out prompts in a few steps)."""

@@ -41,7 +41,7 @@ class TrainSpec(Section):
     max_steps: int = Field(100, ge=1, description="optimizer steps")
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         8, description="examples per micro-batch; auto: the largest that fits this device's memory, found by "
-        "measuring a few real steps on the longest examples (peftkit.planning.batch) among the divisors of "
+        "measuring a few real steps on the longest examples (peftkit.training.batch_size) among the divisors of "
         "effective_batch, with grad_accum = effective_batch / batch_size; the run records what was measured"
     )
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step; with batch_size auto it is "

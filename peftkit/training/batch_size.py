@@ -2,7 +2,7 @@
 effective batch the recipe asks for (train.effective_batch).
 
 Candidates are the divisors of effective_batch, smallest first, so batch_size x grad_accum is exactly the asked
-effective batch; each is stepped on the recipe's longest examples (peftkit.planning.measure) and fits when its
+effective batch; each is stepped on the recipe's longest examples (training.probe) and fits when its
 measured peak stays under the memory cap. The search stops at the first that does not fit (memory grows with the
 batch). The cap: on CUDA the GPU's memory less a reserve for the CUDA context and allocator slack that the
 allocator's peak does not count, a candidate that runs out of memory counting as not fitting; on CPU the RSS
@@ -28,8 +28,8 @@ from ..errors import PeftkitError, Problem, RecipeError
 from ..hardware import Hardware, Precision, available_ram_bytes, memory_in_use_mb
 from ..recipe import Recipe
 from ..rundir import read_meta
-from ..training.choices import device_memory_bytes, resolve
-from .measure import Measurement, Rig, Workload, with_batch
+from .choices import device_memory_bytes, resolve
+from .probe import Measurement, Rig, Workload, with_batch
 
 SEARCH_STEPS = 2  # the first step creates the optimizer state; the second runs with it in place
 CUDA_RESERVE_BYTES = 2**30  # CUDA context, cuBLAS workspaces: outside torch.cuda.max_memory_allocated

@@ -5,16 +5,15 @@ import json
 
 import pytest
 import yaml
-from support.tiny_run import tiny_recipe, write_base
+from support.tiny_run import tiny_recipe, write_base, write_long_chat
 
 import peftkit
 import peftkit.training.trainer  # noqa: F401  imported before any peak is read: on CPU the peak is the process's
 from peftkit.errors import RecipeError
-from peftkit.planning.batch import choose_batch_size, divisors, predicted_peak_mb, search_batch_size
-from peftkit.planning.measure import prepare_workload
+from peftkit.training.batch_size import choose_batch_size, divisors, predicted_peak_mb, search_batch_size
+from peftkit.training.probe import prepare_workload
 from peftkit.recipe import recipe_from_dict
 
-from .test_measure import write_long_chat
 
 MINIMAL = {"name": "x", "model": {"base": "b"}, "data": {"path": "d.jsonl", "format": "chat"}}
 TB = 2**40
