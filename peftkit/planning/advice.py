@@ -31,13 +31,16 @@ class Step:
 
 def advise(recipe: Recipe, memory: int, estimate_of: Callable[[Recipe], Estimate]) -> tuple[Step, ...]:
     """Steps that bring `recipe` under `memory` bytes (the last one fits), or every step that helped when even all
-    of them are not enough; () when it already fits. `estimate_of`: the planner for this base and device."""
+    of them are not enough; () when it already fits. `estimate_of`: the planner for this base and device.
+    A lever none of whose values fits alone takes its strongest value; once the steps fit, each is eased back to
+    its mildest value that still fits together with the others."""
     current, est = recipe, estimate_of(recipe)
-    steps: list[Step] = []
+    chosen: list[tuple[str, tuple[str, ...]]] = []
+    milder: list[list[tuple[str, tuple[str, ...]]]] = []  # per chosen step: its lever's milder values that helped
     for lever in LEVERS:
         if est.peak_bytes <= memory:
             break
-        best = None
+        best, tried = None, []
         for change, overrides in lever(current, est):
             try:
                 candidate = with_overrides(current, list(overrides))
@@ -46,13 +49,47 @@ def advise(recipe: Recipe, memory: int, estimate_of: Callable[[Recipe], Estimate
             new = estimate_of(candidate)
             if new.peak_bytes >= est.peak_bytes:
                 continue
+            if best:
+                tried.append(best[:2])
             best = (change, overrides, candidate, new)
             if new.peak_bytes <= memory:
                 break  # the mildest value of this lever that fits
         if best:
-            change, overrides, current, est = best
-            steps.append(Step(change, tuple(overrides), est.peak_bytes, est.peak_bytes <= memory))
-    return tuple(steps)
+            chosen.append(best[:2])
+            milder.append(tried)
+            current, est = best[2], best[3]
+    if est.peak_bytes <= memory:
+        chosen = _eased(recipe, memory, estimate_of, chosen, milder)
+    return tuple(_cumulative(recipe, memory, estimate_of, chosen))
+
+
+def _peak(recipe: Recipe, steps, estimate_of) -> int | None:
+    try:
+        return estimate_of(with_overrides(recipe, [o for _, overrides in steps for o in overrides])).peak_bytes
+    except PeftkitError:
+        return None
+
+
+def _eased(recipe, memory, estimate_of, chosen, milder):
+    for i, alternatives in enumerate(milder):
+        for alt in alternatives:  # mildest first
+            trial = [*chosen[:i], alt, *chosen[i + 1:]]
+            peak = _peak(recipe, trial, estimate_of)
+            if peak is not None and peak <= memory:
+                chosen = trial
+                break
+    return chosen
+
+
+def _cumulative(recipe, memory, estimate_of, chosen) -> list[Step]:
+    steps, previous = [], estimate_of(recipe).peak_bytes
+    for i, (change, overrides) in enumerate(chosen):
+        peak = _peak(recipe, chosen[: i + 1], estimate_of)
+        if peak is None or peak >= previous:
+            continue  # eased values can make an earlier step no longer needed at this point: keep only helpers
+        steps.append(Step(change, overrides, peak, peak <= memory))
+        previous = peak
+    return steps
 
 
 Lever = Callable[[Recipe, Estimate], Iterator[tuple[str, tuple[str, ...]]]]
