@@ -11,6 +11,10 @@
 #   5. `peftkit bench` of smollm2-qlora-codealpaca against the TRL route (STEPS steps, REPEATS runs per route):
 #      trained tokens/s ratio, peak CUDA memory, losses, utilisation vs the bf16 matmul rate measured in the same run
 #      -> smollm2-qlora-codealpaca-h200.{json,md,png}
+#   6. `peftkit plan --measure --json` on quickstart and smollm2-qlora-codealpaca (-> plan-measure-*.json: measured
+#      peak and tokens/s beside the estimate of that batch) and a 2-step quickstart run with train.batch_size=auto,
+#      effective batch 16 (-> batch-size-auto.json: the batch chosen and each candidate's measured peak). Up to
+#      3 x PLAN_TIMEOUT (60 s) more: with steps 4-5 at their limits, give the call 600 s or run with STEPS lowered.
 # A step that fails is reported and the next one still runs; the script exits non-zero if any failed. Everything lands
 # in $OUT (the device tool brings it back; gpu_check.log is the whole console), or in RESULTS when set.
 #
@@ -24,10 +28,12 @@ if [[ $DRY_RUN == 1 ]]; then
   PY=${PYTHON:-.venv/bin/python}; RESULTS=${RESULTS:-/tmp/gpu-check-dry}
   STEPS=${STEPS:-4}; REPEATS=${REPEATS:-1}; SMOKE_STEPS=${SMOKE_STEPS:-2}
   SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-600}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}  # 2 CPU cores: ~4 and ~5 minutes
+  PLAN_TIMEOUT=${PLAN_TIMEOUT:-600}
 else
   PY=${PYTHON:-python3}; RESULTS=${RESULTS:-${OUT:-benchmarks/results}}
   STEPS=${STEPS:-200}; REPEATS=${REPEATS:-2}; SMOKE_STEPS=${SMOKE_STEPS:-5}
   SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-150}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-330}
+  PLAN_TIMEOUT=${PLAN_TIMEOUT:-60}  # each of step 6's three commands (not yet timed on a GPU)
 fi
 WORK=${WORK:-/tmp/gpu-check}
 mkdir -p "$RESULTS" "$WORK"
@@ -197,6 +203,44 @@ print("trained tokens/s ratio (peftkit / TRL):", r["ratios"]["trained_tokens_per
       "| peak memory ratio:", r["ratios"]["peak_memory_mb"], "| MFU:", r["utilisation"]["mfu"],
       "| matmul probe GFLOP/s:", round(r["utilisation"]["matmul_probe"]["gflops"]))
 PY
+
+# ---- 6. plan --measure and train.batch_size auto (issue 16) -----------------------------------------------------------
+# 3 real steps on each recipe's longest examples beside plan's estimate of that batch (CUDA: the allocator's peak
+# against the estimate without context and slack), then a 2-step run whose micro-batch auto picks by measuring.
+step "peftkit plan --measure (quickstart, smollm2-qlora-codealpaca) and train.batch_size=auto on the random-init model"
+for name in quickstart smollm2-qlora-codealpaca; do
+  data=(); [[ $name == smollm2-qlora-codealpaca ]] && data=("data.path=$DATA")
+  if timeout "$PLAN_TIMEOUT" $PY -m peftkit plan "recipes/$name.yaml" "model.base=$MODEL" "${data[@]}" --measure \
+       --json > "$RESULTS/plan-measure-$name.json"; then
+    $PY - "$RESULTS/plan-measure-$name.json" <<'PY' || failed+=("plan --measure $name (result)")
+import json
+import sys
+
+m = json.load(open(sys.argv[1]))["measured"]
+r = m["measurement"]
+print(json.dumps({"device": r["device"], "shape": r["shape"], "peak_mb": round(r["peak_mb"]),
+                  "estimate_mb": round(m["estimate_bytes"] / 2**20), "ratio": m["ratio"],
+                  "tokens_per_s": round(r["tokens_per_s"])}))
+PY
+  else
+    echo "FAILED: plan --measure $name (exit $?; $PLAN_TIMEOUT s limit)"; failed+=("plan --measure $name")
+  fi
+done
+AUTO_RUN="$WORK/quickstart-batch-auto"
+if timeout "$PLAN_TIMEOUT" $PY -m peftkit train --force recipes/quickstart.yaml "model.base=$MODEL" \
+     train.batch_size=auto train.effective_batch=16 train.max_steps=2 train.warmup_steps=0 eval.before=false \
+     eval.max_examples=8 eval.max_new_tokens=8 "output.dir=$AUTO_RUN"; then
+  $PY - "$AUTO_RUN/meta.json" "$RESULTS/batch-size-auto.json" <<'PY' || failed+=("batch_size auto (result)")
+import json
+import sys
+
+chosen = json.load(open(sys.argv[1]))["batch_size"]
+open(sys.argv[2], "w").write(json.dumps(chosen, indent=1) + "\n")
+print(json.dumps({k: chosen[k] for k in ("batch_size", "grad_accum", "effective_batch", "cap_mb", "tried")}))
+PY
+else
+  echo "FAILED: the batch_size auto run (exit $?; $PLAN_TIMEOUT s limit)"; failed+=("batch_size auto")
+fi
 
 step "done in $((SECONDS - t0)) s; results in $RESULTS:"
 ls -la "$RESULTS"
