@@ -47,7 +47,8 @@ class MeasuredPlan:
     def summary(self) -> list[str]:
         m, mib = self.measurement, 2**20
         rows, width = m.shape
-        process = f"; the process held {m.baseline_mb:,.0f} MB before loading" if self.device == "cpu" else ""
+        process = (f"; the process held {m.baseline_mb:,.0f} MB before loading, {m.loaded_mb:,.0f} MB loaded"
+                   if self.device == "cpu" else f"; {m.loaded_mb:,.0f} MB allocated before the first step")
         return [
             f"measured on {m.device}: {m.steps} optimizer steps on the {m.batch_size} longest examples "
             f"(batch {rows} x {width} tokens, recompute {'on' if m.recompute else 'off'}, packing "

@@ -56,3 +56,5 @@ def test_plan_measure_compares_with_the_estimate_of_the_measured_batch(assets, t
     assert got.estimate_bytes == sum(line.bytes for line in got.estimate.lines if line.phase != "eval")
     assert got.ratio == m.peak_mb * 2**20 / got.estimate_bytes > 0
     assert got.to_dict()["measurement"]["shape"] == (2, m.longest_tokens)
+    text = "\n".join(got.summary())
+    assert f"batch 2 x {m.longest_tokens} tokens" in text and f"measured / estimate {got.ratio:.2f}" in text
