@@ -92,3 +92,10 @@ def test_a_run_with_auto_trains_to_the_end_under_the_cap_and_records_the_choice(
                               config=None, resume_from=result.run_dir, memory_cap_bytes=1)
     assert (again.batch_size, again.grad_accum) == (meta["batch_size"], meta["grad_accum"])
     assert json.loads(json.dumps(again.to_dict())) == meta
+
+
+def test_bench_refuses_auto_by_name():
+    from peftkit.benchmark.peer import comparison_problems
+
+    recipe = recipe_from_dict({**MINIMAL, "train": {"batch_size": "auto", "effective_batch": 8}})
+    assert [p.key for p in comparison_problems(recipe)] == ["train.batch_size"]
