@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -39,7 +39,7 @@ class PreferenceSpec(Section):
 
 class TrainSpec(Section):
     max_steps: int = Field(100, ge=1, description="optimizer steps")
-    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    batch_size: int | Literal["auto"] = Field(
         8, description="examples per micro-batch; auto: the largest that fits this device's memory, found by "
         "measuring a few real steps on the longest examples (peftkit.training.batch_size) among the divisors of "
         "effective_batch, with grad_accum = effective_batch / batch_size; the run records what was measured"
@@ -95,6 +95,13 @@ class TrainSpec(Section):
         "auto", description="Accelerate autocast; 'no' (or false) keeps adapter math fp32 on top of the base dtype; "
         "auto: bf16 on a bf16 GPU, fp16 with a loss scaler on an older one, no on CPU"
     )
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_at_least_one(cls, value):
+        if value != "auto" and value < 1:
+            raise ValueError("must be at least 1, or auto")
+        return value
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
