@@ -16,6 +16,7 @@ from ..adapters.estimate import estimate_adapter_params
 from ..errors import Problem, RecipeError
 from ..recipe import Recipe
 from ..recipe.schema.adapter import PROMPT_LEARNING
+from ..training.choices import choose_attention, choose_packing
 from ..training.memory import BUDGET_SHARE, activation_bytes, model_for
 from .inventory import Inventory
 from .weights import DTYPE_BYTES, weight_bytes
@@ -102,27 +103,25 @@ def estimate(recipe: Recipe, inv: Inventory, *, device: Device = "cuda", device_
     causal = m.task == "causal_lm"
     selective = causal and t.selective_logits and a.method not in PROMPT_LEARNING and a.method != "adalora"
     chunk = t.logits_chunk if selective and not inv.logit_softcap else None
-    eager = causal and m.attn_implementation in ("eager", "auto") and device == "cpu"
+    cuda = device == "cuda"
 
-    def acts_model(eager_attention: bool):
-        return model_for(a, act_bytes=act, autocast=autocast, cuda=device == "cuda", eager_seq=d.max_length if eager_attention else None,
+    def acts_model(packed: bool):
+        # the trainer's own choice of attention; eager (and attention dropout, BERT) keeps the probabilities
+        eager = choose_attention(m.attn_implementation, m.task, packed, cuda=cuda) == "eager" or inv.attention_dropout
+        return model_for(a, act_bytes=act, autocast=autocast, cuda=cuda, eager_seq=d.max_length if eager else None,
                          gated_mlp=inv.gated_mlp, rms_norm=inv.rms_norm, norms_per_layer=inv.norms_per_layer,
                          chunked_loss=bool(chunk))
 
-    # attention dropout (BERT) keeps the probabilities as eager attention does
-    acts = acts_model(eager or inv.attention_dropout)
+    acts = acts_model(False)  # recompute is decided on padded rows, as the trainer does
     if t.gradient_checkpointing == "auto":
-        budget = device_bytes or (ASSUMED_CARD if device == "cuda" else _ram())
+        budget = device_bytes or (ASSUMED_CARD if cuda else _ram())
         need = activation_bytes(shape, tokens, acts, recompute=False)
         recompute = need > BUDGET_SHARE * budget
         why = (f"auto: ~{need / GiB:.1f} GiB of activations {'>' if recompute else '<='} {BUDGET_SHARE:.0%} of "
                f"{budget / GiB:.0f} GiB")
     else:
         recompute, why = bool(t.gradient_checkpointing), "set in the recipe"
-    packed = d.packing is True or (d.packing == "auto" and recompute and causal and d.format != "classification"
-                                   and rows == 1 and a.method not in PROMPT_LEARNING)
-    if eager and m.attn_implementation == "auto" and packed and not inv.attention_dropout:
-        eager, acts = False, acts_model(False)  # packed rows take sdpa (peftkit.training.choices.choose_attention)
+    acts = acts_model(choose_packing(recipe, recompute))
 
     w = weight_bytes(inv, bits=q.bits, quant_type=q.quant_type, double_quant=q.double_quant, dtype=dtype)
     adapter_params = estimate_adapter_params(a.model_copy(update={"modules_to_save": ()}), shape) + inv.saved

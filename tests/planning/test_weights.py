@@ -57,3 +57,10 @@ def test_zoo_inventory_counts_the_published_parameters():
     assert inv.total == ZOO["smollm2-135m-instruct"].params and inv.tied
     assert build_inventory(read_config("all-minilm-l6-v2").values, task="sequence_classification").total > \
         ZOO["all-minilm-l6-v2"].params  # + the classification head
+
+
+def test_skip_modules_stay_in_the_model_dtype():
+    values = read_config("meta-llama/Llama-3.1-8B").values
+    full, skipped = build_inventory(values), build_inventory(values, skip_modules=("down_proj",))
+    down = 32 * 14336 * 4096
+    assert skipped.linear_params == full.linear_params - down and skipped.kept == full.kept + down
