@@ -62,3 +62,14 @@ def test_user_mistakes_are_one_line_with_exit_2(args, message, capsys):
     assert main(["plan", str(RECIPES / "quickstart.yaml"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("recipe", sorted((RECIPES / "gpu").glob("*.yaml")), ids=lambda p: p.stem)
+def test_gpu_recipes_state_what_plan_says_and_fit_their_card(recipe, capsys):
+    import re
+
+    header = recipe.read_text().split("\nname:")[0]
+    card, stated = re.search(r"Sized for an? (\d+) GB card.*?plan estimated ([\d.]+) GiB", header, re.S).groups()
+    assert main(["plan", str(recipe), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert f"{plan['peak_bytes'] / 2**30:.1f}" == stated and plan["fits"][f"{card}GB"]
