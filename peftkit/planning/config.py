@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelError, PeftkitError
-from ..modeling.zoo import ZOO, _HUB_ID
+from ..errors import PeftkitError
+from ..modeling.zoo import ZOO, resolve_base
 
 SHIPPED = Path(__file__).resolve().parent / "configs"
 
@@ -44,22 +44,17 @@ def read_config(base: str, config_file: str | Path | None = None) -> BaseConfig:
         return BaseConfig(_read_json(Path(config_file), "--config"), str(config_file))
     if base in ZOO:
         return BaseConfig(_read_json(shipped_file(base), "shipped config"), f"shipped config of zoo alias {base}")
-    path = Path(base).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"model.base '{base}': folder has no config.json (not a Hugging Face model folder)")
-        return BaseConfig(_read_json(path / "config.json", "model.base"), str(path / "config.json"))
-    if _HUB_ID.fullmatch(base) and ".." not in base:
-        cached = _cached_hub_config(base)
-        if cached is not None:
-            return BaseConfig(cached, f"Hugging Face cache ({base})")
-        shipped = shipped_file(base)
-        if shipped is not None:
-            return BaseConfig(_read_json(shipped, "shipped config"), f"shipped config of {base}")
-        raise PeftkitError(f"model.base '{base}': its config.json is neither cached nor shipped with peftkit; "
-                           "pass --config FILE (the model's config.json)")
-    raise ModelError(f"model.base '{base}': not a zoo alias, local folder or hub id (org/name); "
-                     "pass --config FILE to plan from a config.json")
+    source = resolve_base(base)  # a local folder with a config.json, or a hub id; else its one-line ModelError
+    if source.kind == "local":
+        return BaseConfig(_read_json(Path(source.path_or_id) / "config.json", "model.base"), source.path_or_id)
+    cached = _cached_hub_config(base)
+    if cached is not None:
+        return BaseConfig(cached, f"Hugging Face cache ({base})")
+    shipped = shipped_file(base)
+    if shipped is not None:
+        return BaseConfig(_read_json(shipped, "shipped config"), f"shipped config of {base}")
+    raise PeftkitError(f"model.base '{base}': its config.json is neither cached nor shipped with peftkit; "
+                       "pass --config FILE (the model's config.json)")
 
 
 def _cached_hub_config(model_id: str) -> dict | None:
