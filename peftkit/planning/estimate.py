@@ -16,7 +16,7 @@ from ..adapters.estimate import estimate_adapter_params
 from ..errors import Problem, RecipeError
 from ..recipe import Recipe
 from ..recipe.schema.adapter import PROMPT_LEARNING
-from ..training.choices import choose_attention, choose_packing
+from ..training.choices import choose_attention, choose_packing, sequences_per_example
 from ..training.memory import BUDGET_SHARE, activation_bytes, model_for
 from .inventory import Inventory
 from .weights import DTYPE_BYTES, weight_bytes
@@ -96,7 +96,7 @@ def estimate(recipe: Recipe, inv: Inventory, *, device: Device = "cuda", device_
     compute = resolved_dtype(q.compute_dtype, device, cpu_dtype) if q.bits == 4 else dtype
     autocast = device == "cuda" and t.mixed_precision != "no"
     act = 2 if autocast else DTYPE_BYTES[dtype]
-    rows = {"sft": 1, "kto": 2}.get(t.objective, 2)
+    rows = sequences_per_example(t.objective)
     # batch_size auto: the largest micro-batch that fits is measured at train time; planned here at its ceiling
     batch = t.batch_size if isinstance(t.batch_size, int) else getattr(t, "effective_batch", None) or 1
     tokens = batch * rows * d.max_length

@@ -86,6 +86,11 @@ def choose_checkpointing(setting: bool | str, *, batch_size: int, max_length: in
     return CheckpointingChoice(on, why, estimate, budget)
 
 
+def sequences_per_example(objective: str) -> int:
+    """Rows one example puts through the model: a pair's two answers; kto adds a mismatched partner."""
+    return {"sft": 1, "kto": 2}.get(objective, 2)
+
+
 def choose_packing(recipe: Recipe, recompute: bool) -> bool:
     """data.packing: auto packs causal LM batches when activations are recomputed, unless PEFT's prompt learning
     would drop the position ids that keep packed examples apart."""
@@ -132,7 +137,7 @@ def resolve(
     """The rest, once the base's (text) `config` can be read (after preflight: reading it may pull a zoo model),
     for a recipe resolve_precision already made concrete. Returns the recipe with no `auto` left."""
     t = recipe.train
-    rows = {"sft": 1, "kto": 2}.get(t.objective, 2)  # sequences per example: a pair's two answers; kto adds mismatches
+    rows = sequences_per_example(t.objective)
     recompute = choose_checkpointing(t.gradient_checkpointing, batch_size=t.batch_size * rows,
                                      max_length=recipe.data.max_length, config=config, device_bytes=device_bytes,
                                      activations=activation_model(recipe, precision, config, cuda=hw.cuda))
