@@ -39,6 +39,9 @@ def test_gpu_recipe_validates_and_names_hub_sources(name):
     header = file.read_text().split("\nname:")[0]
     assert recipe.name == name and f"recipes/gpu/{name}.yaml" in header and "Sized for" in header
     assert recipe.model.base.count("/") == 1 and recipe.data.path.count("/") == 1, (recipe.model.base, recipe.data.path)
+    # the issue's `peftkit train recipes/gpu/... train.batch_size=auto`: the recipe states the effective batch it keeps
+    auto = load_recipe(file, overrides=["train.batch_size=auto"]).train
+    assert auto.batch_size == "auto" and auto.effective_batch == recipe.train.batch_size * recipe.train.grad_accum
 
 
 def test_there_is_a_gpu_recipe_per_shipped_hub_model():
