@@ -45,7 +45,11 @@ def train_row(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
 def machine() -> dict:
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+    from peftkit.hardware import detect
+
+    hw = detect()  # the figures depend on the CPU's vector units: every result records them
+    return {"cpu": hw.cpu_model or platform.processor() or platform.machine(),
+            "cpu_flags": [f for f, on in hw.isa().items() if on], "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

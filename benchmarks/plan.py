@@ -68,7 +68,7 @@ def markdown(result: dict) -> str:
         "(its longest example as max_length). Ratio = measured / estimate; goal "
         f"{lo:.2f}-{hi:.2f}.",
         "",
-        f"Machine: {m['cpu']}, {m['torch_threads']} torch threads, torch {m['torch']}"
+        f"Machine: {m['cpu']} (flags: {' '.join(m['cpu_flags'])}), {m['torch_threads']} torch threads, torch {m['torch']}"
         f"{', ' + m['cuda'] if m['cuda'] else ''}; load average {m['load_average']}; {m['date']}.",
         "",
         "| recipe | setting | batch (rows x tokens) | measured MB | estimate MB | ratio | baseline MB | tok/s | within goal |",
