@@ -70,14 +70,14 @@ def build_data(spec: DataSpec, tokenizer, *, seed: int, task: str = "causal_lm",
     elif spec.format == "completion":
         bundle = _completion(spec, tokenizer, train, evals, sources, reasons, seed)
     elif spec.format in PREFERENCE_FORMATS:
-        plan = _plan(spec, tokenizer, source_file)
+        plan = render_plan(spec, tokenizer, source_file)
         t_train, rows_train = _preference(spec, tokenizer, plan, train, reasons, with_prompt=False, limit=spec.limit)
         t_eval, rows_eval = _preference(spec, tokenizer, plan, evals, reasons, with_prompt=True, limit=None)
         report = DataReport(t_train.freeze(), t_eval.freeze(), spec.format, plan.name, None, tuple(reasons),
                             *_named(sources))
         bundle = DataBundle(rows_train, rows_eval, report, None, stop_token_ids(tokenizer, plan.chat))
     else:
-        plan = _plan(spec, tokenizer, source_file)
+        plan = render_plan(spec, tokenizer, source_file)
         t_train, rows_train = _generative(spec, tokenizer, plan, train, reasons, with_prompt=False, limit=spec.limit)
         t_eval, rows_eval = _generative(spec, tokenizer, plan, evals, reasons, with_prompt=True, limit=None)
         report = DataReport(t_train.freeze(), t_eval.freeze(), spec.format, plan.name, None, tuple(reasons),
@@ -104,7 +104,9 @@ def _check_task(spec: DataSpec, task: str, source_file: str | None) -> None:
         raise RecipeError(source_file, [Problem("data.format", problem, spec.format, True)])
 
 
-def _plan(spec: DataSpec, tokenizer, source_file: str | None) -> RenderPlan:
+def render_plan(spec: DataSpec, tokenizer, source_file: str | None = None) -> RenderPlan:
+    """How this data spec's prompts are rendered (chat template or plain text template); serving renders
+    requests with the same plan the run was trained with."""
     template = spec.prompt_template
     if spec.format in ("alpaca", *PREFERENCE_FORMATS) and template is None:
         chat = spec.chat_template != "auto" or has_chat_template(tokenizer)

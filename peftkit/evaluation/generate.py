@@ -37,20 +37,8 @@ def generate_batched(
         if not prompt:
             raise PeftkitError(f"prompt {index} has no tokens: nothing to generate from")
     stops = set(stop_token_ids)
-    pad_id = _pad_id(tokenizer, stops)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        # Set explicitly: unset values are filled from the model's own generation_config, and
-        # a repetition penalty or n-gram ban there would make "greedy" scores differ per base.
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        pad_token_id=pad_id,
-        # An empty list, not None: None would be filled in from the model's generation_config,
-        # and the model's eos would then end completions the caller did not ask to stop.
-        eos_token_id=sorted(stops),
-    )
+    pad_id = pad_id_for(tokenizer, stops)
+    config = generation_config(max_new_tokens=max_new_tokens, stop_token_ids=stops, pad_id=pad_id)
     device = device if device is not None else next(model.parameters()).device
     # Longest first: similar lengths share a batch (less padding), and an out-of-memory shows at once.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
@@ -61,7 +49,7 @@ def generate_batched(
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
-                input_ids, attention_mask = _left_pad([prompts[i] for i in batch], pad_id, device)
+                input_ids, attention_mask = left_pad([prompts[i] for i in batch], pad_id, device)
                 output = model.generate(
                     input_ids=input_ids, attention_mask=attention_mask, generation_config=config
                 )
@@ -73,7 +61,30 @@ def generate_batched(
     return completions
 
 
-def _pad_id(tokenizer, stops: set[int]) -> int:
+def generation_config(
+    *, max_new_tokens: int, stop_token_ids, pad_id: int, temperature: float = 0.0, top_p: float = 1.0,
+) -> GenerationConfig:
+    """Greedy (temperature 0) or plain temperature / nucleus sampling, with every other knob pinned: unset values
+    are filled from the model's own generation_config, and a repetition penalty, n-gram ban or top-k there would
+    make the same request answer differently per base. `peftkit eval` and `peftkit serve` both generate with it."""
+    sampled = temperature > 0
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sampled,
+        temperature=temperature if sampled else None,
+        top_p=top_p if sampled else None,
+        top_k=0 if sampled else None,
+        num_beams=1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        pad_token_id=pad_id,
+        # A list, never None: None would be filled in from the model's generation_config, and the model's eos
+        # would then end completions the caller did not ask to stop.
+        eos_token_id=sorted(set(stop_token_ids)),
+    )
+
+
+def pad_id_for(tokenizer, stops: set[int]) -> int:
     """The tokenizer's pad id, or else the smallest id that is not a stop token.
 
     Any id works under a zero attention mask; it only must not be a stop token, or a padded
@@ -85,7 +96,7 @@ def _pad_id(tokenizer, stops: set[int]) -> int:
     return next(i for i in range(len(stops) + 1) if i not in stops)
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
