@@ -237,6 +237,27 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from .serving.app import Limits
+        from .serving.server import serve
+    except ImportError as exc:  # fastapi / uvicorn are the optional `serve` extra
+        raise PeftkitError(f"peftkit serve needs the serve extra: pip install 'peftkit[serve]' ({exc})") from None
+
+    limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
+                    max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes)
+    serve(args.runs, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("PEFTKIT_API_KEY"),
+          limits=limits, max_batch=args.max_batch, console=err)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .serving.chat import chat
+
+    return chat(args.targets, console=out, system=args.system, compare=tuple(args.compare),
+                temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning from a recipe.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -327,6 +348,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--force", action="store_true", help="convert again even if cached")
     p.set_defaults(func=cmd_models_pull)
+
+    p = sub.add_parser("chat", help="talk to a run's adapter in the terminal (its chat template); /help inside")
+    p.add_argument("targets", nargs="+", metavar="RUN_DIR|RECIPE",
+                   help="a run directory (or a recipe: its base alone), then more runs on the same base")
+    p.add_argument("--system", help="system prompt (default: the recipe's data.system_prompt)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
+                   help="models that answer every turn beside the current one, side by side (e.g. base)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy, as eval generates")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, help="makes sampled answers repeatable")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API: one base, one model per run's adapter")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories on the same base (a recipe: base only)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $PEFTKIT_API_KEY if set)")
+    p.add_argument("--max-batch", type=int, default=16, help="requests answered in one generate call, at most")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096)
+    p.add_argument("--max-tokens", type=int, default=1024, help="the most max_tokens a request may ask for")
+    p.add_argument("--max-concurrent", type=int, default=64, help="requests in progress; more are answered 429")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("doctor", help="this machine's devices, versions, free memory and `auto` precision, for bug reports")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

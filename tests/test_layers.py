@@ -13,7 +13,8 @@ ROOT = Path(peftkit.__file__).parent
 # Lowest first; a package may import its own layer and those before it. README's Layout states the same order.
 LAYERS = [
     {"errors"}, {"recipe"}, {"hardware", "rundir"}, {"modeling"}, {"adapters"}, {"data"}, {"evaluation"},
-    {"training"}, {"planning"}, {"artifacts"}, {"benchmark"}, {"doctor", "cli", "__init__", "__main__"},
+    {"training"}, {"planning"}, {"artifacts"}, {"benchmark"}, {"serving"},
+    {"doctor", "cli", "__init__", "__main__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 VERBS = ("train", "evaluate", "merge", "export", "bench")
