@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the recorded CPU benchmarks in benchmarks/results/ (NAME.json, NAME.md, NAME.png for each):
 #
-#   bash benchmarks/run_all.sh                        # the three peftkit-vs-TRL benches, 2 runs per route
+#   bash benchmarks/run_all.sh                        # the peftkit-vs-TRL benches, 2 runs per route
 #   bash benchmarks/run_all.sh quickstart             # one of them
 #   REPEATS=3 bash benchmarks/run_all.sh minilm-lora-sst2
 #
@@ -16,8 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PEFTKIT=${PEFTKIT:-.venv/bin/peftkit}
 REPEATS=${REPEATS:-2}
-ALL=(smollm2-qlora-codealpaca quickstart minilm-lora-sst2)
-declare -A STEPS=([smollm2-qlora-codealpaca]=20 [quickstart]=20 [minilm-lora-sst2]=40)
+ALL=(smollm2-qlora-codealpaca quickstart minilm-lora-sst2 smollm2-qlora-hh-dpo)
+declare -A STEPS=([smollm2-qlora-codealpaca]=20 [quickstart]=20 [minilm-lora-sst2]=40 [smollm2-qlora-hh-dpo]=12)
 
 for name in "${@:-${ALL[@]}}"; do
   echo "== $name: $(cat /proc/loadavg 2>/dev/null || true)"
