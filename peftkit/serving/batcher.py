@@ -214,6 +214,8 @@ class Batcher:
             return
         pool = self.pool
         rows = [_Row(job, pool.tokenizer) for job in batch]
+        self.batches += 1  # counted before any answer goes out: a caller that got its answer sees its batch
+        self.rows += len(batch)
         try:
             with pool.lock, torch.inference_mode():
                 self._generate(batch, rows)
@@ -226,8 +228,6 @@ class Batcher:
             return
         for row in rows:
             row.close()
-        self.batches += 1
-        self.rows += len(batch)
 
     def _generate(self, batch: list[Job], rows: list[_Row]) -> None:
         pool, model = self.pool, self.pool.model
