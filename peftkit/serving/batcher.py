@@ -218,7 +218,13 @@ class Batcher:
         self.rows += len(batch)
         try:
             with pool.lock, torch.inference_mode():
-                self._generate(batch, rows)
+                gone = [r for r in rows if not pool.has(r.job.model)]  # unloaded after the batch was taken
+                for row in gone:
+                    row.finish = "error"
+                    row.job.emit(Event("error", text=f"the model `{row.job.model}` was unloaded"))
+                rows = [r for r in rows if r not in gone]
+                if rows:
+                    self._generate([r.job for r in rows], rows)
         except Exception as exc:  # one bad batch must not stop the server; its callers are told
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             for row in rows:

@@ -108,10 +108,14 @@ class ModelPool:
     def remove(self, name: str) -> None:
         if name == BASE:
             raise RequestProblem("the base model cannot be unloaded")
-        self.get(name)
-        with self.lock:
+        served = self.get(name)
+        with self.lock:  # no batch is running; one taken already finds the name gone and answers with an error
             self._served = {k: v for k, v in self._served.items() if k != name}
-            self.model.delete_adapter(name)
+            try:
+                self.model.delete_adapter(name)
+            except Exception as exc:
+                self._served = {**self._served, name: served}
+                raise RequestProblem(f"{name}: PEFT could not unload it ({exc})") from None
 
     def _check_base(self, run: RunInfo) -> None:
         ours, theirs = self.recipe.model, run.recipe.model
