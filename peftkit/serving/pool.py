@@ -112,7 +112,10 @@ class ModelPool:
         with self.lock:  # no batch is running; one taken already finds the name gone and answers with an error
             self._served = {k: v for k, v in self._served.items() if k != name}
             try:
-                self.model.delete_adapter(name)
+                if len(self._served) == 1:  # the last adapter: back to the plain base (PEFT keeps no empty wrapper)
+                    self.model = self.model.unload()
+                else:
+                    self.model.delete_adapter(name)
             except Exception as exc:
                 self._served = {**self._served, name: served}
                 raise RequestProblem(f"{name}: PEFT could not unload it ({exc})") from None
