@@ -36,8 +36,11 @@ def serve(targets: list[str], *, host: str = "127.0.0.1", port: int = 8000, api_
     if console is not None:
         console.print(f"serving {', '.join(pool.names())} on http://{host}:{port}/v1"
                       + (" (API key required)" if api_key else ""), highlight=False)
-    uvicorn.Server(_config(pool, batcher, host=host, port=port, api_key=api_key, limits=limits,
-                           log_level="info")).run()
+    try:
+        uvicorn.Server(_config(pool, batcher, host=host, port=port, api_key=api_key, limits=limits,
+                               log_level="info")).run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down gracefully: a normal stop here
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -74,3 +74,35 @@ def test_chat_in_a_terminal(pool, runs, tmp_path):
     assert child.exitstatus == 0
     (row,) = [json.loads(line) for line in saved.read_text().splitlines()]
     assert row == {"messages": second + [{"role": "assistant", "content": counter}]}
+
+
+def test_compare_flag_system_reset_and_help(pool):
+    """chat_loop in-process: --compare answers every turn side by side, /system and /reset change what is sent."""
+    from rich.console import Console
+
+    from peftkit.serving.chat import ChatSession, chat_loop
+
+    batcher = Batcher(pool).start()
+    lines = iter(["add 3 and 4", "/system Be brief.", "/reset", "/help", "/adapter", "/bogus", "quit"])
+    console = Console(record=True, width=200, force_terminal=False)
+    session = ChatSession(pool, batcher, "adder", Sampling(8), compare=("base",))
+    try:
+        assert chat_loop(session, console, read=lambda prompt: next(lines)) == 0
+    finally:
+        batcher.close()
+    text = console.export_text()
+    table_head = next(line for line in text.splitlines() if "adder *" in line)
+    assert "base" in table_head and "counter" not in table_head  # only the models --compare named
+    first = [{"role": "user", "content": "add 3 and 4"}]
+    assert _greedy(pool, "adder", first, 8).strip() in text and _greedy(pool, "base", first, 8).strip()[:10] in text
+    assert "system prompt: 'Be brief.'" in text and "conversation cleared" in text and "/save FILE" in text
+    assert "models: base, adder, counter" in text and "unknown command /bogus" in text
+    assert session.history == [] and session.messages() == [{"role": "system", "content": "Be brief."}]
+
+
+def test_serve_refuses_a_public_host_without_a_key():
+    from peftkit.errors import PeftkitError
+    from peftkit.serving.server import serve
+
+    with pytest.raises(PeftkitError, match="--api-key"):
+        serve(["unused"], host="0.0.0.0")
