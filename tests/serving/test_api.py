@@ -205,3 +205,35 @@ def test_shutdown_finishes_requests_in_progress(pool, client):
     stopping.join(30)
     assert answer == [_ask(client, "adder", max_tokens=12)]  # the whole answer, as the other server gives it
     assert not bg.thread.is_alive() and not bg.batcher._thread.is_alive()
+
+
+def test_requests_over_the_limit_get_429_and_a_dropped_stream_frees_its_place(pool):
+    import threading
+
+    bg = start_background(pool, limits=Limits(max_concurrent=1))
+    local = OpenAI(base_url=bg.url, api_key="none", max_retries=0, timeout=60)
+    try:
+        answer: list[str] = []
+        with pool.lock:  # the first request waits for the model, so it is surely in progress
+            first = threading.Thread(target=lambda: answer.append(_ask(local, "adder")))
+            first.start()
+            for _ in range(500):
+                if httpx.get(bg.url.removesuffix("/v1") + "/health").json()["in_flight"] == 1:
+                    break
+                threading.Event().wait(0.01)
+            with pytest.raises(openai.RateLimitError) as caught:
+                _ask(local, "counter")
+            assert caught.value.body["code"] == "rate_limit_exceeded"
+        first.join(60)
+        assert answer and answer[0] == _ask(local, "adder")
+        stream = local.chat.completions.create(model="counter", messages=QUESTION, temperature=0, max_tokens=32,
+                                               stream=True)
+        next(iter(stream))  # the role chunk; then the client goes away
+        stream.close()
+        for _ in range(500):
+            if httpx.get(bg.url.removesuffix("/v1") + "/health").json()["in_flight"] == 0:
+                break
+            threading.Event().wait(0.01)
+        assert _ask(local, "counter", max_tokens=10) == _ask(local, "counter", max_tokens=10)
+    finally:
+        bg.stop()
