@@ -350,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models_pull)
 
     p = sub.add_parser("chat", help="talk to a run's adapter in the terminal (its chat template); /help inside")
-    p.add_argument("targets", nargs="+", metavar="RUN_DIR|RECIPE",
-                   help="a run directory (or a recipe: its base alone), then more runs on the same base")
+    p.add_argument("targets", nargs="+", metavar="RUN_DIR|MERGED_DIR|RECIPE",
+                   help="a run directory (a run's merged folder; a recipe: its base alone), then more runs on the same base")
     p.add_argument("--system", help="system prompt (default: the recipe's data.system_prompt)")
     p.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
                    help="models that answer every turn beside the current one, side by side (e.g. base)")

@@ -19,7 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..evaluation.generate import generation_config, left_pad, pad_id_for
-from .pool import BASE, ModelPool
+from .pool import ModelPool
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ class Batcher:
         models = [j.model for j in batch]
         if not hasattr(model, "peft_config"):  # no adapter loaded: only the base is served
             model.generate(**kwargs)
-        elif len(set(models)) == 1 and models[0] == BASE:
+        elif len(set(models)) == 1 and pool.get(models[0]).adapter is None:
             with model.disable_adapter():
                 model.generate(**kwargs)
         elif len(set(models)) == 1 and not pool.get(models[0]).lora:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .batcher import Batcher, Job, Sampling
-from .pool import BASE, ModelPool, RequestProblem
+from .pool import ModelPool, RequestProblem
 
 HELP = __doc__.split("Slash commands:\n", 1)[1].rstrip()
 QUIT = {"/quit", "/exit", "quit", "exit"}
@@ -183,7 +183,7 @@ def chat(targets: list[str], *, console: Console, system: str | None = None, com
     with console.status("loading " + ", ".join(targets)):
         pool = open_pool(targets)
     names = pool.names()
-    start = names[1] if len(names) > 1 else BASE
+    start = names[1] if len(names) > 1 else names[0]
     for name in compare:
         pool.get(name)  # an unknown name is refused before the chat starts
     compare = tuple(n for n in compare if n != start)

@@ -23,6 +23,7 @@ from ..errors import ModelError, PeftkitError
 from ..modeling.fingerprint import check_same_base
 from ..modeling.load import LoadedBase, load_base, load_tokenizer
 from ..recipe import Recipe, load_recipe
+from ..recipe.schema import ModelSpec
 from ..rundir import RunInfo, read_run
 
 BASE = "base"  # the model id of the base without any adapter
@@ -50,16 +51,16 @@ class ModelPool:
     """The base and its adapters. `lock` is held while the weights are used or changed: generation (peftkit.serving
     .batcher) and loading/unloading adapters never overlap."""
 
-    def __init__(self, recipe: Recipe, base: LoadedBase, tokenizer) -> None:
+    def __init__(self, recipe: Recipe, base: LoadedBase, tokenizer, *, base_name: str = BASE) -> None:
         self.recipe = recipe
         self.base = base
         self.model = base.model
         self.tokenizer = tokenizer
         self.lock = threading.RLock()
         plan = render_plan(recipe.data, tokenizer)
-        base_entry = Served(BASE, None, None, plan, stop_token_ids(tokenizer, plan.chat), recipe.data.system_prompt,
-                            lora=True)
-        self._served: dict[str, Served] = {BASE: base_entry}
+        base_entry = Served(base_name, None, None, plan, stop_token_ids(tokenizer, plan.chat),
+                            recipe.data.system_prompt, lora=True)
+        self._served: dict[str, Served] = {base_name: base_entry}
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
 
     # ---- what is served
@@ -106,9 +107,9 @@ class ModelPool:
         return served
 
     def remove(self, name: str) -> None:
-        if name == BASE:
-            raise RequestProblem("the base model cannot be unloaded")
         served = self.get(name)
+        if served.adapter is None:
+            raise RequestProblem(f"{name} is the base model: it cannot be unloaded")
         with self.lock:  # no batch is running; one taken already finds the name gone and answers with an error
             self._served = {k: v for k, v in self._served.items() if k != name}
             try:
@@ -170,20 +171,36 @@ def open_pool(targets: list[str], *, names: list[str | None] | None = None, devi
     if not targets:
         raise PeftkitError("give at least one run directory (or a recipe for the base alone)")
     first = Path(targets[0])
-    if first.is_dir():
+    merged = first.is_dir() and not (first / "recipe.yaml").is_file() and (first / "config.json").is_file()
+    if merged:
+        recipe = _merged_recipe(first)
+    elif first.is_dir():
         recipe = read_run(first).recipe
     elif first.is_file():
         recipe = load_recipe(first)
     else:
-        raise PeftkitError(f"{first}: neither a run directory nor a recipe file")
+        raise PeftkitError(f"{first}: neither a run directory, a merged model folder nor a recipe file")
     tokenizer = load_tokenizer(recipe.model)
     plan = render_plan(recipe.data, tokenizer)
     ensure_pad_token(tokenizer, stop_token_ids=stop_token_ids(tokenizer, plan.chat))  # as prepare_data does
     base = load_base(recipe.model, tokenizer=tokenizer, device=device)
     base.model.eval()
-    pool = ModelPool(recipe, base, tokenizer)
+    pool = ModelPool(recipe, base, tokenizer, base_name=first.name if merged else BASE)
     names = names or [None] * len(targets)
-    for target, name in zip(targets, names):
+    for target, name in zip(targets[1:] if merged else targets, names):
         if Path(target).is_dir():
             pool.add_run(target, name)
     return pool
+
+
+def _merged_recipe(folder: Path) -> Recipe:
+    """A merged model folder (`peftkit merge`: RUN/merged, or an export inside the run) served as the base, with
+    its run's chat template and system prompt, loaded as `peftkit eval` loads it (not quantized)."""
+    for run_dir in folder.resolve().parents:
+        if (run_dir / "recipe.yaml").is_file() and (run_dir / "meta.json").is_file():
+            recipe = read_run(run_dir).recipe
+            spec = ModelSpec(base=str(folder.resolve()), task=recipe.model.task, dtype=recipe.model.dtype,
+                             attn_implementation=recipe.model.attn_implementation)
+            return recipe.model_copy(update={"model": spec})
+    raise PeftkitError(f"{folder}: a model folder outside any run directory; give the run directory, or a recipe "
+                       "whose model.base is this folder")

@@ -104,3 +104,21 @@ def test_prompts_render_as_training_did(pool, runs):
         pool.chat_prompt(served, Q + [{"role": "assistant", "content": "7"}])
     with pytest.raises(RequestProblem, match="does not exist"):
         pool.get("nope")
+
+
+def test_a_merged_folder_is_served_under_its_own_name_with_the_runs_template(pool, runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "adder"
+    shutil.copytree(runs["adder"], run)
+    folder = peftkit.merge(run, check=False).out_dir
+    merged = open_pool([str(folder)])
+    assert merged.names() == ["merged"]
+    with pytest.raises(RequestProblem, match="base model"):
+        merged.remove("merged")
+    batcher, adapter = Batcher(merged).start(), Batcher(pool).start()
+    try:
+        assert _answer(batcher, merged, ["merged"]) == _answer(adapter, pool, ["adder"])
+    finally:
+        batcher.close()
+        adapter.close()
