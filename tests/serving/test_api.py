@@ -80,6 +80,18 @@ def test_greedy_answers_equal_eval_and_plain_peft(client, pool, runs):
     assert _ask(client, "base", max_tokens=12) not in answers.values()
 
 
+def test_the_server_gives_peftkit_evals_own_predictions(client, runs):
+    """`peftkit eval`'s sample generations on held-out rows, re-asked as raw prompts through /v1/completions."""
+    from peftkit.evaluation.compare import evaluate_models
+
+    table = evaluate_models([str(runs["adder"])], merged=False, n_samples=3)
+    assert len(table.samples) == 3
+    for sample in table.samples:
+        for name, model in (("base", "base"), (str(runs["adder"]), "adder")):
+            served = client.completions.create(model=model, prompt=sample["prompt"], temperature=0, max_tokens=8)
+            assert served.choices[0].text == sample["predictions"][name], (model, sample["prompt"])
+
+
 def test_stream_equals_whole_and_counts_usage(client, server):
     whole = client.chat.completions.create(model="counter", messages=QUESTION, temperature=0, max_tokens=10)
     chunks = list(client.chat.completions.create(model="counter", messages=QUESTION, temperature=0, max_tokens=10,
