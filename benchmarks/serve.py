@@ -119,15 +119,19 @@ def main() -> None:
     write_results(args.name, result, _markdown(result))
 
 
+def _bits(quantization: dict) -> str:
+    return f"{quantization['bits']}-bit" if quantization.get("bits") else "not quantized"
+
+
 def _markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"# peftkit serve: {r['requests']} concurrent chat requests over two adapters", "",
-             f"Base {r['base']} ({r['quantization'].get('bits') or 'not quantized'}{'-bit' if r['quantization'].get('bits') else ''}), adapters {', '.join(r['runs'])}; "
+             f"Base {r['base']} ({_bits(r['quantization'])}), adapters {', '.join(r['runs'])}; "
              f"greedy, max_tokens {r['max_tokens']}; localhost HTTP through the openai client. "
              f"CPU: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['torch_threads']} torch threads, "
              f"load {m['load_average']}, {m['date']}. Pool load {r['load_s']} s.", "",
-             "| mode | max batch | requests | generate calls | wall s | requests/s | tokens/s | p50 latency s | p95 latency s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| mode | max batch | requests | generate calls | wall s | requests/s | tokens/s | p50 latency s "
+             "| p95 latency s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for mode, w in r["waves"].items():
         lines.append(f"| {mode} | {w['max_batch']} | {w['requests']} | {w['generate_calls']} | {w['wall_s']} | "
                      f"{w['requests_per_s']} | {w['tokens_per_s']} | {w['p50_latency_s']} | {w['p95_latency_s']} |")

@@ -28,8 +28,8 @@ from starlette.exceptions import HTTPException
 from ..errors import ModelError, PeftkitError, RunDirError
 from .batcher import Batcher, Event, Job, Sampling
 from .pool import ModelPool, RequestProblem
-from .protocol import (AdapterRequest, ChatRequest, CompletionRequest, _Request, error_body, model_card, new_id, now,
-                       usage)
+from .protocol import (AdapterRequest, ChatRequest, CompletionRequest, GenerationRequest, error_body, model_card,
+                       new_id, now, usage)
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def create_app(pool: ModelPool, batcher: Batcher, *, api_key: str | None = None,
             raise ApiError(400, str(exc), param="name") from None
         return {"id": name, "object": "model", "deleted": True}
 
-    async def _answer(body: _Request, prompts: list[list[int]], *, chat: bool):
+    async def _answer(body: GenerationRequest, prompts: list[list[int]], *, chat: bool):
         wanted = body.wanted_tokens() or _default_tokens(prompts, pool, limits)
         _check_sizes(body, prompts, wanted, pool, limits)
         gate.enter()
@@ -202,8 +202,8 @@ def create_app(pool: ModelPool, batcher: Batcher, *, api_key: str | None = None,
 class _Reply:
     """One request's choices as they arrive from the batcher: gathered whole, or streamed as SSE chunks."""
 
-    def __init__(self, body: _Request, prompts: list[list[int]], jobs: list[Job], events: asyncio.Queue, *,
-                 chat: bool) -> None:
+    def __init__(self, body: GenerationRequest, prompts: list[list[int]], jobs: list[Job], events: asyncio.Queue,
+                 *, chat: bool) -> None:
         self.body, self.prompts, self.jobs, self.events, self.chat = body, prompts, jobs, events, chat
         self.id = new_id("chatcmpl" if chat else "cmpl")
         self.created = now()
@@ -331,7 +331,8 @@ def _default_tokens(prompts: list[list[int]], pool: ModelPool, limits: Limits) -
     return max(1, min(limits.default_max_tokens, room))
 
 
-def _check_sizes(body: _Request, prompts: list[list[int]], wanted: int, pool: ModelPool, limits: Limits) -> None:
+def _check_sizes(body: GenerationRequest, prompts: list[list[int]], wanted: int, pool: ModelPool,
+                 limits: Limits) -> None:
     if body.n > limits.max_n:
         raise ApiError(400, f"n is {body.n}; this server allows at most {limits.max_n}", param="n")
     if wanted > limits.max_tokens:

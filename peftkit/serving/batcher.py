@@ -10,7 +10,6 @@ and its text is streamed to its own callback as it grows.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,13 +48,16 @@ class Job:
     stop_ids: tuple[int, ...]
     emit: Callable[[Event], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.perf_counter)
 
     def key(self) -> tuple:
+        """Jobs with equal keys may share a generate call."""
         s = self.sampling
-        mode = ("greedy",) if s.temperature <= 0 else ("sample", s.temperature, s.top_p, s.seed if s.seed is not None else None)
-        if s.temperature > 0 and s.seed is not None:
-            mode += (id(self),)  # a seeded sample runs alone: its result may not depend on its neighbours
+        if s.temperature <= 0:
+            mode: tuple = ("greedy",)
+        elif s.seed is None:
+            mode = ("sample", s.temperature, s.top_p)
+        else:  # a seeded sample runs alone: its result may not depend on its neighbours
+            mode = ("seeded", id(self))
         return (*mode, tuple(sorted(self.stop_ids)))
 
 

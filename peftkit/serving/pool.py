@@ -100,7 +100,8 @@ class ModelPool:
 
                 self.model = PeftModel.from_pretrained(self.base.model, str(run.adapter_dir), adapter_name=name)
             self.model.eval()
-            peft_type = str(getattr(self.model.peft_config[name].peft_type, "value", self.model.peft_config[name].peft_type))
+            peft_type = self.model.peft_config[name].peft_type
+            peft_type = str(getattr(peft_type, "value", peft_type))
         served = Served(name, name, run.path, plan, stop_token_ids(self.tokenizer, plan.chat),
                         run.recipe.data.system_prompt, lora=peft_type == "LORA")
         self._served = {**self._served, name: served}  # replaced, never mutated: readers need no lock

@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class _Request(BaseModel):
+class GenerationRequest(BaseModel):
+    """What chat and text completions share: the model, how many tokens, how to sample, where to stop."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -65,7 +67,7 @@ class Message(BaseModel):
         return "".join(parts)
 
 
-class ChatRequest(_Request):
+class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(min_length=1)
 
     def conversation(self) -> list[dict]:
@@ -73,7 +75,7 @@ class ChatRequest(_Request):
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
     echo: bool = False
 

@@ -1,4 +1,5 @@
-"""The batcher without HTTP: who shares a batch, adapters PEFT cannot mix, unloading, prompts as training rendered them."""
+"""The batcher without HTTP: who shares a batch, adapters PEFT cannot mix, unloading, prompts as training
+rendered them, a merged folder."""
 
 from __future__ import annotations
 
