@@ -11,7 +11,7 @@
 # and other work on the same cores moves the token rates.
 #
 # The other scripts here write their own results: adapters.py, levers.py, merge_export.py, quickstart_plain_peft.py,
-# sst2_lora_vs_full.py (see benchmarks/README.md).
+# sst2_lora_vs_full.py, serve.py (see benchmarks/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEFTKIT=${PEFTKIT:-.venv/bin/peftkit}
