@@ -39,7 +39,7 @@ class Limits:
     default_max_tokens: int = 256   # when a request does not say
     max_body_bytes: int = 1 << 20
     max_concurrent: int = 64        # requests being answered at once; more get 429
-    max_n: int = 8
+    max_n: int = 8                  # completions per request (n x prompts)
 
 
 class ApiError(Exception):
@@ -333,8 +333,9 @@ def _default_tokens(prompts: list[list[int]], pool: ModelPool, limits: Limits) -
 
 def _check_sizes(body: GenerationRequest, prompts: list[list[int]], wanted: int, pool: ModelPool,
                  limits: Limits) -> None:
-    if body.n > limits.max_n:
-        raise ApiError(400, f"n is {body.n}; this server allows at most {limits.max_n}", param="n")
+    if body.n * len(prompts) > limits.max_n:  # each prompt of a list is answered n times
+        raise ApiError(400, f"{body.n * len(prompts)} completions asked (n x prompts); this server allows at most "
+                       f"{limits.max_n} per request", param="n")
     if wanted > limits.max_tokens:
         raise ApiError(400, f"max_tokens is {wanted}; this server allows at most {limits.max_tokens}",
                        param="max_tokens")

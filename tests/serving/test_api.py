@@ -167,6 +167,8 @@ def test_limits_are_4xx(client, server):
     assert caught.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         _ask(client, "adder", max_tokens=1000)
+    with pytest.raises(openai.BadRequestError, match="n x prompts"):
+        client.completions.create(model="adder", prompt=["add 1 and 2"] * 5, n=2, max_tokens=2)
     big = httpx.post(server.url + "/chat/completions", content=b" " * 5000,
                      headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
