@@ -123,3 +123,16 @@ def test_a_merged_folder_is_served_under_its_own_name_with_the_runs_template(poo
     finally:
         batcher.close()
         adapter.close()
+
+
+def test_a_recipe_alone_serves_its_base_with_the_recipes_template(pool, runs):
+    base_only = open_pool([str(runs["adder"] / "recipe.yaml")])
+    assert base_only.names() == [BASE]
+    batcher, shared = Batcher(base_only).start(), Batcher(pool).start()
+    try:
+        assert _answer(batcher, base_only, [BASE]) == _answer(shared, pool, [BASE])
+    finally:
+        batcher.close()
+        shared.close()
+    with pytest.raises(peftkit.PeftkitError, match="neither a run directory"):
+        open_pool([str(runs["adder"] / "missing")])
