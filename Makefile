@@ -20,7 +20,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[dev,bench,serve]"
+	$(BIN)/pip install --quiet -e ".[dev,bench,serve,tensorboard,trackio,report,ui]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -8,6 +8,9 @@ runs/<name>/
   meta.json       Meta: package versions, base id + weight fingerprint, quantization, precision, hardware, data report
   metrics.json    Metrics: train loss curve (with each step's token counts), tokens/s, wall time, peak memory, eval
   eval.json       EvalRecord: base vs adapter (vs merged) on the held-out rows (`peftkit eval`, peftkit.evaluate)
+  curve.jsonl     one line per logged step as training goes (metrics.json's curve + grad norm, tokens/s, memory)
+  report.html     `peftkit report`: the run's plots, eval, data and choices in one page (written by `peftkit train`)
+  logs/           train.report_to tensorboard: TensorBoard event files
 """
 
 from __future__ import annotations
@@ -198,6 +201,33 @@ def read_record(path: Path, kind: type[_Record]) -> _Record:
     except (OSError, ValueError) as exc:  # ValidationError is a ValueError: a field missing or of the wrong type
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunDirError(f"{path}: unreadable ({first})") from None
+
+
+CURVE_FILE = "curve.jsonl"
+
+
+def append_curve(root: Path, row: dict) -> None:
+    """One logged step, appended and flushed as training goes (the live dashboard reads it while a run trains)."""
+    with (root / CURVE_FILE).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def read_curve(root: Path) -> list[dict]:
+    """curve.jsonl's rows by step; a line cut short by a write in progress is skipped, and a step logged again
+    after a resume keeps its newest row."""
+    try:
+        lines = (root / CURVE_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    rows: dict[int, dict] = {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows[row["step"]] = row
+    return [rows[k] for k in sorted(rows)]
 
 
 def read_meta(root: Path) -> Meta | None:

@@ -176,6 +176,7 @@ def fit(
         log = StepLog(state.step, loss_sum, lr, grad_norm, state.tokens, state.trained_tokens, state.train_s, stats)
         if state.step % spec.log_every == 0 or state.step in (1, spec.max_steps):
             state.curve.append({"step": log.step, "loss": round(log.loss, 6), "lr": lr, "elapsed_s": round(log.elapsed_s, 3),
+                                "grad_norm": round(grad_norm, 6),  # before clipping
                                 "tokens": step_tokens, "trained_tokens": step_trained,  # this step's, all processes
                                 **{k: round(v, 6) for k, v in stats.items()}})
         on_step(log)

@@ -40,6 +40,7 @@ from .optim import build_optimizer, build_scheduler
 from .preflight import preflight
 from .progress import TrainProgress
 from .recompute import enable_recompute
+from .runlog import RunLog, check_report_to, tracker_config
 from .ranks import Ranks
 from .reference import build_references, choose_reference
 
@@ -95,7 +96,9 @@ def train(
     hardware = detect()
     recipe, precision = resolve_precision(recipe, hardware)
     # One process per device under `accelerate launch` / torchrun (DDP); the main one alone writes the run directory.
-    accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not hardware.cuda)
+    check_report_to(recipe.train.report_to)
+    accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not hardware.cuda,
+                              **tracker_config(recipe, Path(run_dir) if run_dir else default_run_dir(recipe)))
     _refuse_sharded(accelerator)
     ranks = Ranks(accelerator)
     console = console or Console(stderr=True)
@@ -198,12 +201,15 @@ def train(
         resumed=found is not None, main=ranks.main)
     preference = (recipe.train, eval_ref) if objective != "sft" else None
 
+    runlog = RunLog(accelerator, recipe, out, main=ranks.main)  # curve.jsonl + train.report_to's trackers
+
     def score(label: str):
         m = measure(unwrapped, tokenizer, eval_rows, recipe.eval, collate=eval_collate, batch_size=eval_bs,
                     device=accelerator.device, stop_token_ids=data.stop_token_ids, num_labels=num_labels,
                     preference=preference)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
         console.print(f"eval {label}: {shown}  ({m.examples} examples, {m.seconds:.1f}s)", highlight=False)
+        runlog.eval(label, m.metrics, state.step)
         return m
 
     state, extra, resumed_from = FitState(), {}, None
@@ -232,12 +238,18 @@ def train(
     batches = iter(DataLoader(train_rows, batch_sampler=sampler, collate_fn=collate))
     with GracefulStop() as stop, TrainProgress(recipe.train.max_steps, console, log_every=recipe.train.log_every,
                                                 start=state.step) as bar:
-        fit(model, optimizer, scheduler, batches, accelerator, recipe.train, state, on_step=bar.update,
+        def on_step(log):
+            bar.update(log)
+            if state.curve and state.curve[-1]["step"] == log.step:  # a logged step
+                runlog.step(log, state.curve[-1])
+
+        fit(model, optimizer, scheduler, batches, accelerator, recipe.train, state, on_step=on_step,
             checkpoint=checkpoint, should_stop=stop, reference=train_ref)
     train_peak = peak_memory_mb()
     reset_peak_memory()
     if state.step < recipe.train.max_steps:  # fit stops early only when some process was asked to
         checkpoint(state)
+        runlog.close()
         raise TrainingAborted(
             f"{stop.requested or 'stop requested by another process'} at step {state.step}: checkpoint written; "
             f"resume with: peftkit train --resume {out}"
@@ -273,6 +285,7 @@ def train(
     )
     if ranks.main:
         write_record(out / "metrics.json", metrics)
+    runlog.close()
     ranks.wait()  # no process returns before the run directory is complete
     console.print(f"run directory: {out}", highlight=False)
     return RunResult(run_dir=out, metrics=metrics, params=params, resumed_from=resumed_from, main=ranks.main)

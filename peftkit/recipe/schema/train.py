@@ -60,6 +60,12 @@ class TrainSpec(Section):
     )
     seed: int = Field(42, description="seeds python, numpy, torch and data order")
     log_every: int = Field(10, ge=1, description="steps between logged loss points")
+    report_to: tuple[Literal["tensorboard", "trackio", "wandb", "mlflow"], ...] = Field(
+        (), description="also log each logged step (loss, lr, grad norm, tokens/s, trained tokens, memory), eval "
+        "before/after and the resolved recipe through Accelerate's trackers; tensorboard writes under "
+        "<run>/logs/, trackio to its local store (TRACKIO_DIR); each needs its extra, e.g. "
+        "pip install 'peftkit[tensorboard]'. The run directory's curve.jsonl and metrics.json are written anyway"
+    )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="recompute activations: less memory, slower steps; auto: on when a batch_size x "
         "max_length batch's activations would take over a quarter of the device's memory (peftkit.training.recompute)"
