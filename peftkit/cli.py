@@ -46,7 +46,40 @@ def cmd_train(args) -> int:
     for label, scores in (("before", ev.before), ("after", ev.after)):
         if scores:
             out.print(f"{label:>6}: " + "  ".join(f"{k}={v:.4f}" for k, v in scores.items()), highlight=False)
+    _report_after_train(result.run_dir)
     out.print(str(result.run_dir), highlight=False)
+    return 0
+
+
+def _report_after_train(run_dir) -> None:
+    """RUN/report.html; the run is complete before this, so a failure to plot only costs the page."""
+    try:
+        from .reporting import write_report
+
+        err.print(f"report: {write_report([run_dir])}", highlight=False)
+    except ImportError as exc:  # matplotlib is the `report` extra
+        err.print(f"report.html not written: pip install 'peftkit[report]' ({exc})", highlight=False)
+    except Exception as exc:  # noqa: BLE001 -- the run directory is already complete; say why and carry on
+        err.print(f"report.html not written: {type(exc).__name__}: {exc}", highlight=False, markup=False)
+
+
+def cmd_report(args) -> int:
+    try:
+        from .reporting import write_report
+    except ImportError as exc:
+        raise PeftkitError(f"peftkit report needs matplotlib: pip install 'peftkit[report]' ({exc})") from None
+
+    out.print(str(write_report(args.run_dirs, args.out)), highlight=False)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    try:
+        from .dashboard.server import run_dashboard
+    except ImportError as exc:  # fastapi / uvicorn / matplotlib: the `ui` extra
+        raise PeftkitError(f"peftkit ui needs the ui extra: pip install 'peftkit[ui]' ({exc})") from None
+
+    run_dashboard(args.runs, host=args.host, port=args.port, chat=args.chat, console=err)
     return 0
 
 
@@ -269,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run directory (default: output.dir or runs/<name>)")
     p.add_argument("--force", action="store_true", help="replace a non-empty run directory")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: runs' curves overlaid, eval, data, choices")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (a run still training works)")
+    p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html for one run, ./report.html for several)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="local web dashboard: runs, live curves while they train, comparisons")
+    p.add_argument("--runs", default="runs", help="folder of run directories (default: runs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--chat", nargs="*", default=[], metavar="RUN_DIR",
+                   help="runs on one base to chat with in the page (loads the base, as peftkit serve does)")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("eval", help="base vs adapter(s) vs merged on the run's held-out examples")
     p.add_argument("target", help="run directory (or a recipe: scores its base model)")
