@@ -54,6 +54,10 @@ class ModelError(PeftkitError):
     """A base model that cannot be found or loaded, or an adapter that does not match it."""
 
 
+class PrivacyError(PeftkitError):
+    """A private run (train.privacy) that would not keep its stated (epsilon, delta); refused before it trains."""
+
+
 class TrainingAborted(PeftkitError):
     """Training stopped early (interrupt, non-finite loss); a checkpoint may be resumable."""
 

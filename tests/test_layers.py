@@ -13,7 +13,7 @@ ROOT = Path(peftkit.__file__).parent
 # Lowest first; a package may import its own layer and those before it. README's Layout states the same order.
 LAYERS = [
     {"errors"}, {"recipe"}, {"hardware", "rundir"}, {"modeling"}, {"adapters"}, {"data"}, {"evaluation"},
-    {"training"}, {"reporting"}, {"planning"}, {"artifacts"}, {"benchmark"}, {"serving"}, {"dashboard"},
+    {"privacy"}, {"training"}, {"reporting"}, {"planning"}, {"artifacts"}, {"benchmark"}, {"serving"}, {"dashboard"},
     {"doctor", "cli", "__init__", "__main__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

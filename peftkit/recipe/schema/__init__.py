@@ -13,6 +13,7 @@ from .data import DataSpec, objective_format_problem, task_format_problem
 from .eval import EvalSpec
 from .model import ModelSpec, QuantizationSpec
 from .output import OutputSpec
+from .privacy import PrivacySpec, privacy_problems
 from .train import TrainSpec
 
 
@@ -37,6 +38,7 @@ class Recipe(Section):
     def _adapter_fits_model_data_train(self):
         # raised as a ValidationError so each problem keeps its own dotted key (adapter.method, adapter.init, ...)
         problems = compatibility_problems(self.adapter, self.model, self.data, self.train)
+        problems += privacy_problems(self.adapter.method, self.data.packing, self.train)
         fits = task_format_problem(self.model.task, self.data.format)
         if fits:
             problems = [("data.format", fits, self.data.format), *problems]
@@ -53,5 +55,5 @@ class Recipe(Section):
 
 
 __all__ = [
-    "AdapterSpec", "DataSpec", "EvalSpec", "ModelSpec", "OutputSpec", "QuantizationSpec", "Recipe", "Section", "TrainSpec",
+    "AdapterSpec", "DataSpec", "EvalSpec", "ModelSpec", "OutputSpec", "PrivacySpec", "QuantizationSpec", "Recipe", "Section", "TrainSpec",
 ]

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ._base import Section
+from .privacy import PrivacySpec
 
 Objective = Literal["sft", "dpo", "ipo", "orpo", "simpo", "kto"]
 PAIRED_OBJECTIVES = ("dpo", "ipo", "orpo", "simpo")  # read chosen/rejected pairs
@@ -96,6 +97,15 @@ class TrainSpec(Section):
         "auto", description="dpo/ipo/kto: score the reference once before training and keep it in the run directory "
         "(true), or on the fly with the adapter switched off (false); auto: precompute when the adapter does not "
         "start as the bare base (adapter.init_from, pissa/olora/loftq inits), else on the fly"
+    )
+    privacy: PrivacySpec | None = Field(
+        None, description="differentially private training (DP-SGD through Opacus): per-example clipped, noised "
+        "adapter gradients on Poisson-sampled batches, with the (epsilon, delta) spent recorded; null: not private"
+    )
+    canaries: int = Field(
+        0, ge=0, le=10000, description="for peftkit eval --privacy-audit: this many random canary rows (random "
+        "tokens with a random label or answer, from seed) are mixed into the training rows and as many more held "
+        "back; the audit tells them apart by their loss. 0: none"
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="Accelerate autocast; 'no' (or false) keeps adapter math fp32 on top of the base dtype; "
