@@ -124,6 +124,8 @@ def cmd_eval(args) -> int:
     from . import evaluate
     from .evaluation.compare import table_json
 
+    if args.privacy_audit:
+        return _privacy_audit([args.target, *args.compare], as_json=args.json)
     table = evaluate([args.target, *args.compare], merged=not args.no_merged)
     if args.json:
         print(table_json(table))
@@ -139,6 +141,31 @@ def cmd_eval(args) -> int:
         out.print(f"[bold]sample {i}[/] reference: {escape(s['reference'])}", highlight=False)
         for name, pred in s["predictions"].items():
             out.print(f"  {escape(name)}: {escape(pred)}", highlight=False)
+    return 0
+
+
+def _privacy_audit(run_dirs: list[str], *, as_json: bool) -> int:
+    from rich.table import Table
+
+    from pathlib import Path
+
+    from .privacy.audit import privacy_audit
+    from .rundir import write_json
+
+    rows = [r.to_dict() for r in privacy_audit(run_dirs)]
+    write_json(Path(run_dirs[0]) / "privacy_audit.json", {"runs": rows})
+    if as_json:
+        print(json.dumps({"runs": rows}, indent=2))
+        return 0
+    view = Table(title="membership inference on canaries (loss threshold)")
+    for col in ("run", "epsilon", "DP bound", "canaries", "advantage", "AUC", "loss trained / held out"):
+        view.add_column(col, justify="left" if col == "run" else "right")
+    for r in rows:
+        eps = "not private" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        bound = "" if r["bound"] is None else f"{r['bound']:.3f}"
+        view.add_row(r["run"], eps, bound, str(r["canaries"]), f"{r['advantage']:.3f}", f"{r['auc']:.3f}",
+                     f"{r['member_loss']:.3f} / {r['held_out_loss']:.3f}")
+    out.print(view)
     return 0
 
 
@@ -320,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="run directory (or a recipe: scores its base model)")
     p.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR", help="more runs on the same base")
     p.add_argument("--no-merged", action="store_true", help="skip RUN_DIR/merged even when present")
+    p.add_argument("--privacy-audit", action="store_true",
+                   help="instead: a loss-threshold membership attack on each run's canaries (train.canaries); "
+                        "writes RUN_DIR/privacy_audit.json")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

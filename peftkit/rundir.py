@@ -70,6 +70,7 @@ class Meta(_Record):
     reference: dict[str, Any] = {}  # preference runs: mode (adapter_off | precomputed | none), the model, why
     init_from: str | None = None    # adapter.init_from: the run whose adapter this one started from
     batch_size: dict[str, Any] = {}  # train.batch_size auto: the batch chosen, the memory cap, each candidate measured
+    privacy: dict[str, Any] = {}  # train.privacy: peftkit.privacy.PrivacyPlan (noise, sampling rate, delta, ...)
 
 
 class TrainMetrics(BaseModel):
@@ -88,6 +89,7 @@ class TrainMetrics(BaseModel):
     peak_memory: dict[str, Any] = {}  # kind, load_mb, eval_before_mb, train_mb, eval_after_mb
     skipped_nonfinite: int = 0
     fp16_overflow_steps: int = 0
+    privacy: dict[str, Any] = {}  # train.privacy: the plan, and the epsilon spent (Opacus's accountant) at the end
 
 
 class EvalMetrics(BaseModel):

@@ -36,6 +36,7 @@ def adapter_card(run: RunInfo) -> str:
         "## Training",
         *_train_lines(recipe, metrics.train.model_dump() if metrics else {}),
         *_objective_lines(recipe, meta),
+        *_privacy_lines(meta.privacy, metrics.train.privacy if metrics else {}),
         "",
         "## Evaluation (held-out rows)",
         *_eval_lines(metrics.eval.model_dump() if metrics else {}),
@@ -121,6 +122,24 @@ def _objective_lines(recipe, meta) -> list[str]:
     if meta.init_from:
         lines.append(f"- started from the adapter of `{meta.init_from}`")
     return lines
+
+
+def _privacy_lines(plan: dict, spent: dict) -> list[str]:
+    """train.privacy: the (epsilon, delta) spent, how, and what it covers (peftkit.privacy.accounting)."""
+    if not plan:
+        return []
+    epsilon = spent.get("epsilon")
+    return [
+        "",
+        "## Privacy",
+        (f"- differentially private: (epsilon {epsilon:.3f}, delta {plan['delta']:.3g})" if epsilon is not None
+         else f"- differentially private, planned epsilon {plan['epsilon_at_end']:.3f} at delta {plan['delta']:.3g}"),
+        (f"- how: DP-SGD through Opacus: Poisson sampling at rate {plan['sample_rate']:.4g} (expected batch "
+         f"{plan['expected_batch']} of {plan['rows']} rows), each example's adapter gradient clipped to "
+         f"{plan['max_grad_norm']:g}, Gaussian noise multiplier {plan['noise_multiplier']:.4g}, "
+         f"{spent.get('steps_taken', plan['steps'])} steps, {plan['accountant']} accountant"),
+        f"- covers: {plan['covers']}",
+    ]
 
 
 def _eval_lines(ev: dict) -> list[str]:

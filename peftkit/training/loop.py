@@ -7,6 +7,7 @@ import time
 from contextlib import nullcontext
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
@@ -19,6 +20,9 @@ from ..modeling.objective import Reference, items_in, score
 from ..modeling.tokens import trained_tokens
 from ..recipe.schema import TrainSpec
 
+if TYPE_CHECKING:  # the private step's type only: opacus loads when a run asks for privacy
+    from ..privacy import PrivateSGD
+
 
 @dataclass(frozen=True)
 class StepLog:
@@ -30,6 +34,7 @@ class StepLog:
     trained_tokens: int  # tokens that carried loss
     elapsed_s: float     # training time so far (excludes eval and saving)
     stats: dict = field(default_factory=dict)  # preference objectives: this step's mean rewards, margin, accuracies
+    epsilon: float | None = None  # train.privacy: the epsilon spent so far (Opacus's accountant)
 
 
 @dataclass
@@ -120,8 +125,10 @@ def fit(
     checkpoint: Callable[[FitState], None] = lambda state: None,
     should_stop: Callable[[], bool] = lambda: False,
     reference: Reference | None = None,
+    privacy: PrivateSGD | None = None,
 ) -> FitState:
-    """`reference`: the reference log-probs of train.objective dpo/ipo/kto (peftkit.modeling.objective)."""
+    """`reference`: the reference log-probs of train.objective dpo/ipo/kto (peftkit.modeling.objective);
+    `privacy`: train.privacy's DP-SGD gradients, in place of the token-weighted window below."""
     params = [p for p in model.parameters() if p.requires_grad]
     selective = spec.selective_logits and supports_selective_logits(accelerator.unwrap_model(model))
     chunk = spec.logits_chunk if selective and spec.logits_chunk and head_reads_last_hidden_state(model) else None
@@ -132,31 +139,39 @@ def fit(
     # a stop asked of any one process (SIGTERM to one rank) stops all of them at the same step
     while state.step < spec.max_steps and not _sum(accelerator, bool(should_stop())):
         t0 = time.perf_counter()
-        micro = [next(batches) for _ in range(spec.grad_accum)]  # counted here, on the host: no device sync
-        causal = micro[0]["labels"].dim() == 2
-        # Token-weighted loss (preference: pair- or item-weighted) over the whole accumulation window and all
-        # processes, not a mean of means.
-        trained_local, tokens_local = sum(trained_tokens(b["labels"]) for b in micro), sum(_tokens(b) for b in micro)
-        n_local = sum(items_in(b) for b in micro) if preference else trained_local
-        n_items = max(int(_sum(accelerator, n_local)), 1)
-        loss_local, sums, pairs = 0.0, {}, 0
-        for i, batch in enumerate(micro):
-            n_batch, batch = trained_tokens(batch["labels"]), send_to_device(batch, accelerator.device)
-            # gradients are all-reduced once per optimizer step, on the last micro-batch
-            with accelerator.no_sync(model) if i < len(micro) - 1 else nullcontext():
-                if preference:
-                    scored = score(model, batch, spec, reference, chunk=chunk, selective=selective)
-                    loss, pairs = scored.loss / n_items, pairs + scored.pairs
-                    sums = {k: sums.get(k, 0.0) + v for k, v in scored.stats.items()}
-                elif causal:
-                    loss = causal_lm_loss(model, batch, n_items, selective=selective, chunk=chunk)
-                else:
-                    loss = model(**batch).loss * n_batch / n_items
-                accelerator.backward(loss * world)  # DDP averages gradients over processes; we want their sum
-                loss_local += loss.detach().float().item()
-        loss_sum = _sum(accelerator, loss_local)
-        sums, pairs = _sum_dict(accelerator, sums), _sum(accelerator, pairs)
-        grad_norm = float(accelerator.clip_grad_norm_(params, spec.max_grad_norm or math.inf))
+        if privacy is not None:  # DP-SGD (peftkit.privacy): Poisson-sampled rows, per-example clipping, noise
+            if privacy.exhausted():  # one more step would spend more than train.privacy.epsilon
+                break
+            drawn = privacy.gradients(model, state.step)
+            loss_sum, grad_norm, sums, pairs, micro = drawn.loss, drawn.grad_norm, {}, 0, ()
+            tokens_local, trained_local = drawn.tokens, drawn.trained_tokens
+        else:
+            micro = [next(batches) for _ in range(spec.grad_accum)]  # counted here, on the host: no device sync
+            causal = micro[0]["labels"].dim() == 2
+            # Token-weighted loss (preference: pair- or item-weighted) over the whole accumulation window and all
+            # processes, not a mean of means.
+            trained_local = sum(trained_tokens(b["labels"]) for b in micro)
+            tokens_local = sum(_tokens(b) for b in micro)
+            n_local = sum(items_in(b) for b in micro) if preference else trained_local
+            n_items = max(int(_sum(accelerator, n_local)), 1)
+            loss_local, sums, pairs = 0.0, {}, 0
+            for i, batch in enumerate(micro):
+                n_batch, batch = trained_tokens(batch["labels"]), send_to_device(batch, accelerator.device)
+                # gradients are all-reduced once per optimizer step, on the last micro-batch
+                with accelerator.no_sync(model) if i < len(micro) - 1 else nullcontext():
+                    if preference:
+                        scored = score(model, batch, spec, reference, chunk=chunk, selective=selective)
+                        loss, pairs = scored.loss / n_items, pairs + scored.pairs
+                        sums = {k: sums.get(k, 0.0) + v for k, v in scored.stats.items()}
+                    elif causal:
+                        loss = causal_lm_loss(model, batch, n_items, selective=selective, chunk=chunk)
+                    else:
+                        loss = model(**batch).loss * n_batch / n_items
+                    accelerator.backward(loss * world)  # DDP averages gradients over processes; we want their sum
+                    loss_local += loss.detach().float().item()
+            loss_sum = _sum(accelerator, loss_local)
+            sums, pairs = _sum_dict(accelerator, sums), _sum(accelerator, pairs)
+            grad_norm = float(accelerator.clip_grad_norm_(params, spec.max_grad_norm or math.inf))
         state.micro_batches += spec.grad_accum * world  # global count: the same batches after a resume on any world
         if not _optimizer_step(optimizer, scaler, loss_sum, grad_norm, state, spec):
             optimizer.zero_grad(set_to_none=True)
@@ -173,12 +188,15 @@ def fit(
         state.trained_tokens += step_trained
         state.train_s += time.perf_counter() - t0
         stats = _step_stats(sums, pairs, len(micro) * world) if preference else {}
-        log = StepLog(state.step, loss_sum, lr, grad_norm, state.tokens, state.trained_tokens, state.train_s, stats)
+        epsilon = privacy.epsilon() if privacy is not None else None
+        log = StepLog(state.step, loss_sum, lr, grad_norm, state.tokens, state.trained_tokens, state.train_s, stats,
+                      epsilon=epsilon)
         if state.step % spec.log_every == 0 or state.step in (1, spec.max_steps):
             state.curve.append({"step": log.step, "loss": round(log.loss, 6), "lr": lr, "elapsed_s": round(log.elapsed_s, 3),
                                 "grad_norm": round(grad_norm, 6),  # before clipping
                                 "tokens": step_tokens, "trained_tokens": step_trained,  # this step's, all processes
-                                **{k: round(v, 6) for k, v in stats.items()}})
+                                **{k: round(v, 6) for k, v in stats.items()},
+                                **({"epsilon": round(epsilon, 6)} if epsilon is not None else {})})
         on_step(log)
         if spec.checkpoint_every and (state.step % spec.checkpoint_every == 0 or state.step == spec.max_steps):
             checkpoint(state)

@@ -32,6 +32,8 @@ class TrainProgress:
         info = f"loss {log.loss:.4f}  lr {log.lr:.2e}  {tps:,.0f} tok/s"
         if "reward_margin" in log.stats:  # preference objectives
             info += f"  margin {log.stats['reward_margin']:.3f}  reward acc {log.stats['reward_accuracy']:.2f}"
+        if log.epsilon is not None:  # train.privacy: spent so far
+            info += f"  epsilon {log.epsilon:.3f}"
         if self.bar:
             self.bar.update(self.task, completed=log.step, info=info)
         elif log.step % self.log_every == 0 or log.step in (1, self.total):

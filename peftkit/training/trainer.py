@@ -20,11 +20,13 @@ from ..adapters.attach import init_from_dir
 from ..data import make_collator
 from ..data.collate import with_kl_partners
 from ..data.prepare import prepare_data
-from ..errors import PeftkitError, RunDirError, TrainingAborted
+from ..errors import PeftkitError, PrivacyError, RunDirError, TrainingAborted
 from ..evaluation.measure import measure
 from ..hardware import detect, peak_memory_mb, reset_peak_memory
 from ..modeling.fingerprint import check_same_base
 from ..modeling.load import base_config, load_base
+from ..privacy import PrivacyPlan, PrivateSGD, plan_privacy
+from ..privacy.audit import canaries
 from ..recipe import Recipe, recipe_to_yaml
 from ..rundir import (
     BaseInfo, EvalMetrics, Meta, Metrics, TrainMetrics, default_run_dir, prepare_run_dir, read_meta, versions,
@@ -86,6 +88,24 @@ def _refuse_sharded(accelerator: Accelerator) -> None:
                            "(quantized) base")
 
 
+def _private_plan(recipe: Recipe, rows: int, accelerator: Accelerator, found) -> PrivacyPlan:
+    """train.privacy: refused where the guarantee would not hold; else the noise Opacus's accountant needs for the
+    target, with the spent part of a resumed run's budget counted. Before any weights load."""
+    if accelerator.num_processes > 1:
+        raise PrivacyError(f"train.privacy: {accelerator.num_processes} processes would each sample and noise their "
+                           "own batch, which the accountant does not cover; train privately in one process")
+    if accelerator.mixed_precision == "fp16":
+        raise PrivacyError("train.privacy: fp16's loss scaler would rescale gradients after the noise is added; set "
+                           "train.mixed_precision bf16 or no")
+    saved = found[1].get("extra", {}) if found else {}
+    if found and "privacy" not in saved:
+        raise PrivacyError(f"{found[0]}: this checkpoint has no privacy accountant state (a run without "
+                           "train.privacy); a private run cannot continue from it")
+    t = recipe.train
+    return plan_privacy(t.privacy, rows=rows, expected_batch=t.batch_size * t.grad_accum, steps=t.max_steps,
+                        history=saved.get("privacy", {}).get("history", ()))
+
+
 def train(
     recipe: Recipe, *, run_dir: str | Path | None = None, force: bool = False, resume: bool = False,
     console: Console | None = None, memory_cap_bytes: int | None = None,
@@ -119,6 +139,9 @@ def train(
     if objective == "kto":  # each answer's mismatched partner, fixed so the reference can score it once
         train_rows = with_kl_partners(train_rows, recipe.data.max_length)
         eval_rows = with_kl_partners(eval_rows, recipe.data.max_length) if eval_rows else eval_rows
+    if recipe.train.canaries:  # peftkit eval --privacy-audit tells these apart from as many held back
+        train_rows = [*train_rows, *canaries(tokenizer, recipe, like=train_rows[0])[0]]
+    plan = _private_plan(recipe, len(train_rows), accelerator, found) if recipe.train.privacy else None
     num_labels = len(data.label_names or ()) or None
     batch = None
     if recipe.train.batch_size == "auto":  # measured before the run's model loads (training.batch_size)
@@ -128,6 +151,10 @@ def train(
                                   memory_cap_bytes=memory_cap_bytes)
         recipe = batch.recipe
         console.print(batch.summary(), highlight=False)
+    if plan:  # per-example gradient hooks: activations captured once (no recompute), one example per row
+        recipe = recipe.model_copy(update={
+            "train": recipe.train.model_copy(update={"gradient_checkpointing": False}),
+            "data": recipe.data.model_copy(update={"packing": False})})
     recipe, choices = resolve(recipe, hardware, precision, config=base_config(recipe.model))
     gc, packed = choices.recompute, choices.packing
     base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, device=accelerator.device,
@@ -161,6 +188,13 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = build_scheduler(optimizer, recipe.train)
     unwrapped = accelerator.unwrap_model(model)
+    private = PrivateSGD(unwrapped, optimizer, plan, rows=train_rows, collate=collate,
+                         batch_size=recipe.train.batch_size, device=accelerator.device) if plan else None
+    if plan:
+        console.print(f"private (DP-SGD): noise multiplier {plan.noise_multiplier:.4g}, sampling rate "
+                      f"{plan.sample_rate:.4g} (expected batch {plan.expected_batch} of {plan.rows} rows), per-example "
+                      f"clip {plan.max_grad_norm:g}; {plan.steps} steps spend epsilon {plan.epsilon_at_end:.3f} at "
+                      f"delta {plan.delta:.3g} ({plan.accountant})", highlight=False)
     eval_bs = recipe.eval.batch_size or recipe.train.batch_size
     reference = choose_reference(recipe, unwrapped, send_to_device(collate(train_rows[:2]), accelerator.device))
     if reference.mode != "none":
@@ -188,6 +222,7 @@ def train(
         reference=reference.to_dict() if reference.mode != "none" else {},
         init_from=recipe.adapter.init_from,
         batch_size=batch.to_dict() if batch else {},
+        privacy=plan.to_dict() if plan else {},
     )
     if ranks.main:  # the resolved recipe: every default filled in, every `auto` as chosen here
         write_atomic(out / "recipe.yaml", recipe_to_yaml(recipe))
@@ -217,6 +252,8 @@ def train(
         state, extra = load_checkpoint(found[0], found[1], unwrapped, optimizer, scheduler, accelerator.scaler,
                                        rank=accelerator.process_index)
         resumed_from = state.step
+        if private:  # the accountant continues from the checkpoint's history: the same epsilon as without a stop
+            private.load_state_dict(extra.pop("privacy"))
         console.print(f"resuming from {found[0]} (step {state.step})", highlight=False)
     elif recipe.eval.before:
         m = score("before")
@@ -224,7 +261,8 @@ def train(
 
     def checkpoint(s: FitState) -> None:
         try:
-            save_checkpoint(out / "checkpoints", unwrapped, optimizer, scheduler, s, extra=extra,
+            save_checkpoint(out / "checkpoints", unwrapped, optimizer, scheduler, s,
+                            extra={**extra, "privacy": private.state_dict()} if private else extra,
                             keep=recipe.train.keep_checkpoints, scaler=accelerator.scaler, ranks=ranks)
         except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is untouched
             raise TrainingAborted(
@@ -244,15 +282,19 @@ def train(
                 runlog.step(log, state.curve[-1])
 
         fit(model, optimizer, scheduler, batches, accelerator, recipe.train, state, on_step=on_step,
-            checkpoint=checkpoint, should_stop=stop, reference=train_ref)
+            checkpoint=checkpoint, should_stop=stop, reference=train_ref, privacy=private)
+    spent = None
+    if private:
+        private.close()  # the per-example hooks come off before eval and saving
+        spent = "train.privacy: the next step would spend more than the target epsilon" if private.exhausted() else None
     train_peak = peak_memory_mb()
     reset_peak_memory()
     if state.step < recipe.train.max_steps:  # fit stops early only when some process was asked to
         checkpoint(state)
         runlog.close()
         raise TrainingAborted(
-            f"{stop.requested or 'stop requested by another process'} at step {state.step}: checkpoint written; "
-            f"resume with: peftkit train --resume {out}"
+            f"{stop.requested or spent or 'stop requested by another process'} at step {state.step}: checkpoint "
+            f"written; resume with: peftkit train --resume {out}"
         )
     after = score("after")
 
@@ -279,6 +321,7 @@ def train(
                          "train_mb": train_peak[0], "eval_after_mb": after_peak[0]},
             skipped_nonfinite=state.skipped,
             fp16_overflow_steps=state.overflows,
+            privacy={**plan.to_dict(), "epsilon": private.epsilon(), "steps_taken": state.step} if plan else {},
         ),
         eval=EvalMetrics(before=extra.get("before"), after=after.metrics, examples=after.examples,
                          samples_after=list(after.samples)),
