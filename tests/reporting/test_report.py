@@ -91,23 +91,23 @@ def test_health_flags_spikes_explosions_and_nonfinite_skips(runs):
     assert [f.level for f in health(sft)][0] == "ok"
 
 
+def _copy(run, to, names):
+    to.mkdir()
+    for name in names:
+        (to / name).write_text((run / name).read_text())
+    return to
+
+
 def test_a_run_still_training_renders(runs, tmp_path):
     """No metrics.json yet: the curve from curve.jsonl, eval 'not yet'."""
-    live = tmp_path / "live"
-    live.mkdir()
-    for name in ("recipe.yaml", "meta.json", "curve.jsonl"):
-        (live / name).write_text((runs[0] / name).read_text())
-    view = load_run(live)
+    view = load_run(_copy(runs[0], tmp_path / "live", ("recipe.yaml", "meta.json", "curve.jsonl")))
     assert not view.finished and len(view.curve) == 6
     text = render([view])
     assert "Training loss" in text and "No eval yet" in text and "training in progress" in text
 
 
 def test_old_runs_without_curve_jsonl_use_metrics_json(runs, tmp_path):
-    old = tmp_path / "old"
-    old.mkdir()
-    for name in ("recipe.yaml", "meta.json", "metrics.json"):
-        (old / name).write_text((runs[0] / name).read_text())
+    old = _copy(runs[0], tmp_path / "old", ("recipe.yaml", "meta.json", "metrics.json"))
     view = load_run(old)
     curve = json.loads((old / "metrics.json").read_text())["train"]["loss_curve"]
     assert [r["loss"] for r in view.curve] == [r["loss"] for r in curve]
