@@ -15,6 +15,7 @@ rows would let one row change every other row's contribution, and the sensitivit
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,7 +84,9 @@ class PrivateSGD:
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
             trained += trained_tokens(batch["labels"])
             loss = example_losses(model, send_to_device(batch, self.device))
-            loss.sum().backward()  # each row's own gradient lands in p.grad_sample (a list over micro-batches)
+            with warnings.catch_warnings():  # torch notes that the frozen embeddings' inputs need no gradient
+                warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+                loss.sum().backward()  # each row's own gradient lands in p.grad_sample (a list over micro-batches)
             losses.append(loss.detach())
         params = self.dp.params
         clipped = 0
