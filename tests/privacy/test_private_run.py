@@ -118,3 +118,14 @@ def test_the_shipped_private_recipe_validates():
     off = peftkit.load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "minilm-lora-sst2-dp.yaml",
                               ["train.privacy=null"])
     assert off.train.privacy is None
+
+
+def test_a_private_run_on_a_4bit_base(assets, tmp_path):
+    base, data = assets
+    run = peftkit.train(tiny_recipe(base, data, tmp_path / "run", train={**PRIVATE, "max_steps": 3},
+                                    model={"quantization": {"bits": 4, "compute_dtype": "bfloat16"}})).run_dir
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["privacy"]["epsilon"] == pytest.approx(by_hand(3, 18, 4, 1.0), rel=1e-9)
+    assert all(c["loss"] > 0 and c["grad_norm"] > 0 for c in metrics["train"]["loss_curve"])
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)  # only the adapter trained; the 4-bit base has no grads

@@ -77,3 +77,23 @@ def test_poisson_draws_are_a_function_of_the_secret_and_step():
     sizes = [len(a.draw(k)) for k in range(200)]
     assert 45 < sum(sizes) / len(sizes) < 55 and len(set(sizes)) > 5  # mean q x n, varying
     assert all(len(c) <= 16 for c in a.micro_batches(5)) and sum(a.micro_batches(5), []) == a.draw(5)
+
+
+def test_fit_stops_before_the_step_that_would_exceed_the_target():
+    from accelerate import Accelerator
+
+    from peftkit.privacy import epsilon_of
+    from peftkit.training.loop import FitState, fit
+    from peftkit.training.optim import build_scheduler
+
+    model, params, sgd, rows = private(max_grad_norm=1.0, noise=1.0)
+    q = sgd.plan.sample_rate
+    target = epsilon_of("rdp", [(1.0, q, 3)], 1e-5)  # what 3 steps spend
+    sgd.plan = sgd.budget.plan = PrivacyPlan(**{**sgd.plan.__dict__, "target_epsilon": target})
+    spec = TrainSpec(max_steps=10, batch_size=2, lr=1e-3, optimizer="sgd", log_every=1)
+    optimizer = sgd.dp.original_optimizer
+    state = fit(model, optimizer, build_scheduler(optimizer, spec), iter(()), Accelerator(cpu=True), spec,
+                FitState(), privacy=sgd)
+    assert state.step == 3 and sgd.epsilon() == target
+    assert [c["epsilon"] for c in state.curve] == pytest.approx([epsilon_of("rdp", [(1.0, q, k)], 1e-5)
+                                                                 for k in (1, 2, 3)])
