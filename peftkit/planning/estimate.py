@@ -30,6 +30,10 @@ ALLOCATOR_SLACK = 0.10  # reserved beyond allocated: the caching allocator's fra
 # Measured with `peftkit plan --measure` on a 2-core EPYC: RSS peak minus the lines' sum was 0.92-1.04 GB on the
 # quickstart (recompute off and on) and MiniLM recipes.
 CPU_BASELINE = 1000 * 2**20
+# Not counted on CPU: glibc heap fragmentation. The activation lines match what autograd saves (Code Alpaca, SmolLM2
+# QLoRA, 4 x 512 tokens: 4,988 MB saved, 2.55 MB/token), but by default glibc raises its mmap threshold to the
+# largest mapping freed (up to 32 MiB), after which activations come from the brk heap and freed transients leave
+# resident holes: RSS rose 7,008 MB in that step, 5,165 MB with MALLOC_MMAP_THRESHOLD_=131072 held fixed.
 ASSUMED_CARD = 24 * GiB  # the card `auto` recompute is decided for on CUDA when --memory is not given
 GENERATION_METRICS = ("exact_match", "rouge_l", "numeric_match")
 OPTIMIZER_STATE = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 4}  # bytes per trained parameter
@@ -110,7 +114,7 @@ def estimate(recipe: Recipe, inv: Inventory, *, device: Device = "cuda", device_
         eager = choose_attention(m.attn_implementation, m.task, packed, cuda=cuda) == "eager" or inv.attention_dropout
         return model_for(a, act_bytes=act, autocast=autocast, cuda=cuda, eager_seq=d.max_length if eager else None,
                          gated_mlp=inv.gated_mlp, rms_norm=inv.rms_norm, norms_per_layer=inv.norms_per_layer,
-                         chunked_loss=bool(chunk))
+                         chunked_loss=bool(chunk), base_dropout=inv.attention_dropout)
 
     acts = acts_model(False)  # recompute is decided on padded rows, as the trainer does
     if t.gradient_checkpointing == "auto":

@@ -67,7 +67,8 @@ def activation_model(recipe: Recipe, precision: Precision, config, *, cuda: bool
     gated, rms, attention_dropout = architecture(config_values(config))
     return model_for(recipe.adapter, act_bytes=act_bytes, autocast=autocast, cuda=cuda,
                      eager_seq=recipe.data.max_length if eager or attention_dropout else None, gated_mlp=gated,
-                     rms_norm=rms, chunked_loss=bool(recipe.train.selective_logits and recipe.train.logits_chunk))
+                     rms_norm=rms, chunked_loss=bool(recipe.train.selective_logits and recipe.train.logits_chunk),
+                     base_dropout=attention_dropout)
 
 
 def choose_checkpointing(setting: bool | str, *, batch_size: int, max_length: int, config,

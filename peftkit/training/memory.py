@@ -7,6 +7,8 @@ weights and adapters on top (bitsandbytes' 4/8-bit matmuls and a frozen nn.Linea
 - each norm: RMSNorm keeps an fp32 copy of its input (LayerNorm: its input);
 - attention: q, k, v (k and v repeated to every head) and the output of fused attention (SDPA / flash); eager
   attention (and SDPA with attention dropout) also keeps the heads x sequence probabilities, fp32 from the softmax;
+  a base with its own dropout (BERT, p=0.1) keeps, besides, the probabilities' dropout mask and their dropped copy
+  (three heads x sequence tensors in all) and the masks of its two hidden-state dropouts;
 - MLP: SwiGLU / GeGLU keeps the gate's input, the activation and the up projection (3 x intermediate); a GELU MLP
   its input (1 x intermediate);
 - each adapted layer's input, cast to the adapter's dtype (PEFT casts x to the fp32 adapter; under autocast the
@@ -47,6 +49,7 @@ class ActivationModel:
     rms_norm: bool = True
     norms_per_layer: int = 2
     hidden_states_kept: bool = False  # the chunked loss asks for every layer's hidden states (alive at the forward's end)
+    dropout_in_base: bool = False  # the base's own dropout while training (BERT: on probabilities and hidden states)
 
 
 def adapted_leaves(targets) -> frozenset[str]:
@@ -68,6 +71,9 @@ def layer_bytes(shape: BaseShape, m: ActivationModel) -> int:
     total += 4 * heads_width * a  # q, k, v (repeated to every head), attention output
     if m.attention_seq:
         total += shape.heads * m.attention_seq * (4 + (a if a != 4 else 0))  # fp32 softmax + its cast
+    if m.dropout_in_base:  # the probabilities' dropout mask and the dropped copy the matmul with v keeps; the two
+        # hidden dropouts' masks (after attention's and the MLP's output projections)
+        total += shape.heads * (m.attention_seq or 0) * (m.dropout_mask_bytes + a) + 2 * h * m.dropout_mask_bytes
     total += (3 if m.gated_mlp else 1) * i * a
     widths = {"hidden": h, "attention": heads_width, "intermediate": i}
     for width, leaves in INPUT_GROUPS:
@@ -109,7 +115,7 @@ def architecture(values: dict) -> tuple[bool, bool, bool]:
 
 def model_for(adapter, *, act_bytes: int, autocast: bool, cuda: bool, eager_seq: int | None = None,
               gated_mlp: bool = True, rms_norm: bool = True, norms_per_layer: int = 2,
-              chunked_loss: bool = False) -> ActivationModel:
+              chunked_loss: bool = False, base_dropout: bool = False) -> ActivationModel:
     """The activation model of a recipe's adapter section (peftkit.recipe.schema.AdapterSpec) on a base whose
     activations are `act_bytes` wide; `autocast`: mixed precision on (the adapters' inputs kept 16-bit)."""
     weight_method = adapter.method not in ("prompt_tuning", "prefix_tuning")
@@ -119,4 +125,5 @@ def model_for(adapter, *, act_bytes: int, autocast: bool, cuda: bool, eager_seq:
         dropout_mask_bytes=1 if cuda else (act_bytes if autocast else 4),
         adapted=adapted_leaves(adapter.targets) if weight_method else frozenset(), attention_seq=eager_seq,
         gated_mlp=gated_mlp, rms_norm=rms_norm, norms_per_layer=norms_per_layer, hidden_states_kept=chunked_loss,
+        dropout_in_base=base_dropout,
     )

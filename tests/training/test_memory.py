@@ -57,3 +57,33 @@ def test_recompute_keeps_one_block_and_the_block_inputs():
     assert offloaded < on < off
     assert on - offloaded == 1000 * shape.layers * shape.hidden * 4
     assert activation_bytes(shape, 2000, model, recompute=True) == 2 * on
+
+
+def test_a_base_with_its_own_dropout_counts_masks_and_dropped_probabilities():
+    """BERT (dropout 0.1) keeps three heads x sequence tensors (softmax output, dropout mask, dropped copy) and
+    the masks of its two hidden dropouts; a frozen block's saved tensors against the model without adapters."""
+    from transformers import BertConfig, BertModel
+
+    values = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  vocab_size=100, hidden_act="gelu", attn_implementation="eager")
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(**values)).train().requires_grad_(False)
+    frozen = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(BATCH, SEQ, 64, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.encoder(x)
+    real = sum(n for ptr, n in seen.items() if ptr not in frozen)
+    shape = base_shape({**values, "num_key_value_heads": 4})
+    m = ActivationModel(act_bytes=4, adapted=frozenset(), attention_seq=SEQ, gated_mlp=False, rms_norm=False,
+                        dropout_in_base=True)
+    outside = shape.hidden * 8
+    workspace = 2 * shape.intermediate * 4
+    estimate = activation_bytes(shape, BATCH * SEQ, m, recompute=False) - BATCH * SEQ * (
+        shape.layers * workspace + outside)
+    assert real <= estimate <= 1.2 * real, (estimate, real)
