@@ -79,6 +79,8 @@ class Workload:
 
 
 def prepare_workload(recipe: Recipe, hardware: Hardware | None = None) -> Workload:
+    gc.collect()  # the baseline is what is alive, as the peak (reset_peak_memory) starts from it
+    release_free_heap()
     baseline = memory_in_use_mb()
     hardware = hardware or detect()
     recipe, precision = resolve_precision(recipe, hardware)

@@ -2,6 +2,10 @@
 grad_accum keeping train.effective_batch; the run records the choice and its measurements."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -75,21 +79,47 @@ def test_a_cap_below_batch_one_is_one_line_naming_the_key(assets, tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_a_run_with_auto_trains_to_the_end_under_the_cap_and_records_the_choice(assets, roomy, tmp_path):
-    peaks = {t["batch_size"]: t["peak_mb"] for t in roomy.tried}
-    cap = int((peaks[1] + peaks[8]) / 2 * 2**20)
-    result = peftkit.train(auto_recipe(assets, tmp_path / "run", 8), memory_cap_bytes=cap)
-    written = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())["train"]
-    meta = json.loads((result.run_dir / "meta.json").read_text())["batch_size"]
-    assert result.metrics.train.steps == 2
+# On CPU the peak is the process's resident set: the search and the run it sizes share one fresh process, as in
+# `peftkit train` (inside a long test session, earlier tests' heap moves both figures unpredictably).
+CHILD = """
+import json, sys
+from pathlib import Path
+import peftkit
+import peftkit.training.trainer
+from support.tiny_run import tiny_recipe
+from peftkit.training.batch_size import search_batch_size
+from peftkit.training.probe import prepare_workload
+base, chat, out = map(Path, sys.argv[1:4])
+def recipe(run_dir):
+    return tiny_recipe(base, chat, run_dir, data={"max_length": 256}, eval={"metrics": ["loss"], "before": False},
+                       train={"batch_size": "auto", "effective_batch": 8, "max_steps": 2})
+roomy = search_batch_size(prepare_workload(recipe(out / "roomy")), memory_cap_bytes=2**40)
+peaks = {t["batch_size"]: t["peak_mb"] for t in roomy.tried}
+cap = int((peaks[1] + peaks[8]) / 2 * 2**20)
+result = peftkit.train(recipe(out / "run"), memory_cap_bytes=cap)
+print(json.dumps({"cap": cap, "steps": result.metrics.train.steps, "run_dir": str(result.run_dir),
+                  "train_mb": result.metrics.train.peak_memory["train_mb"]}))
+"""
+
+
+def test_a_run_with_auto_trains_to_the_end_under_the_cap_and_records_the_choice(assets, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", CHILD, *map(str, assets), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    cap, run_dir = child["cap"], Path(child["run_dir"])
+    written = yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]
+    meta = json.loads((run_dir / "meta.json").read_text())["batch_size"]
+    assert child["steps"] == 2
     assert written["batch_size"] == meta["batch_size"] and written["grad_accum"] == meta["grad_accum"]
     assert written["batch_size"] * written["grad_accum"] == written["effective_batch"] == 8
     assert meta["measurement"]["peak_mb"] * 2**20 <= cap and meta["tried"][0]["batch_size"] == 1
-    assert result.metrics.train.peak_memory["train_mb"] * 2**20 <= cap
+    assert child["train_mb"] * 2**20 <= cap
     # a resumed run keeps the recorded batch (the batch order depends on it) without measuring again
     work = prepare_workload(auto_recipe(assets, tmp_path / "run", 8))
     again = choose_batch_size(work.recipe, work.hardware, work.precision, tokenizer=None, rows=[], label_names=None,
-                              config=None, resume_from=result.run_dir, memory_cap_bytes=1)
+                              config=None, resume_from=run_dir, memory_cap_bytes=1)
     assert (again.batch_size, again.grad_accum) == (meta["batch_size"], meta["grad_accum"])
     assert json.loads(json.dumps(again.to_dict())) == meta
 
