@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 
 from ..errors import Problem, RecipeError
+from ..modeling.fingerprint import check_same_base
 from ..recipe.schema import AdapterSpec
 from ..recipe.schema.adapter import LORA_FAMILY
 from .loftq import loftq_init
@@ -89,3 +91,19 @@ def _new(model: torch.nn.Module, spec: AdapterSpec, task: str, total_steps: int 
     if spec.init == "loftq":
         loftq_init(peft_model)
     return peft_model
+
+
+def stacked_adapters(base, runs) -> Iterator[tuple[object, torch.nn.Module]]:
+    """(run, model) for each run directory's adapter loaded over one loaded base (peftkit.modeling.load.LoadedBase),
+    each checked to be trained on that base and made the active adapter in turn: one copy of the base weights
+    serves every run."""
+    model = base.model
+    for i, run in enumerate(runs):
+        check_same_base(run.meta.base.fingerprint, base.fingerprint, what=base.source.path_or_id, where=str(run.path))
+        name = f"a{i}"
+        if i == 0:
+            model = PeftModel.from_pretrained(base.model, run.adapter_dir, adapter_name=name)
+        else:
+            model.load_adapter(run.adapter_dir, adapter_name=name)
+        model.set_adapter(name)
+        yield run, model

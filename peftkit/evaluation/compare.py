@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..adapters.attach import stacked_adapters
 from ..data import make_collator
 from ..data.collate import with_kl_partners
 from ..data.prepare import prepare_data
 from ..errors import PeftkitError
-from ..modeling.fingerprint import check_same_base
 from ..modeling.load import load_base
 from ..modeling.objective import ModelReference, saved_reference
 from ..recipe.schema.train import REFERENCE_OBJECTIVES
@@ -57,18 +57,7 @@ def evaluate_models(targets: list[str], *, merged: bool = True, n_samples: int =
     first_run = runs[0] if runs else None
     results: list[tuple[str, str, Measurement]] = [
         ("base", "base", score(base.model, reference_of(first_run, base.model, adapter_off=False)))]
-    model = base.model
-    for i, run in enumerate(runs):
-        check_same_base(run.meta.base.fingerprint, base.fingerprint,
-                        what=base.source.path_or_id, where=str(run.path))
-        from peft import PeftModel
-
-        name = f"a{i}"
-        if i == 0:
-            model = PeftModel.from_pretrained(base.model, run.adapter_dir, adapter_name=name)
-        else:
-            model.load_adapter(run.adapter_dir, adapter_name=name)
-        model.set_adapter(name)
+    for run, model in stacked_adapters(base, runs):
         results.append((str(run.path), "adapter", score(model, reference_of(run, model, adapter_off=True))))
     for run in runs if merged else []:
         folder = run.path / "merged"

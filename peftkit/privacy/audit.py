@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..adapters.attach import stacked_adapters
 from ..data import make_collator
 from ..data.prepare import prepare_data
 from ..errors import PeftkitError
-from ..modeling.fingerprint import check_same_base
 from ..modeling.load import load_base
 from ..modeling.tokens import IGNORE_INDEX
 from ..recipe import Recipe
@@ -104,17 +104,8 @@ def privacy_audit(run_dirs: list[str]) -> list[AuditRow]:
     num_labels = len(data.label_names or ()) or None
     base = load_base(recipe.model, num_labels=num_labels, label_names=data.label_names, tokenizer=tokenizer)
     collate = make_collator(tokenizer, packing=False, task=recipe.model.task, objective="sft")
-    from peft import PeftModel
-
-    rows, model = [], base.model
-    for i, run in enumerate(runs):
-        check_same_base(run.meta.base.fingerprint, base.fingerprint, what=base.source.path_or_id, where=str(run.path))
-        name = f"a{i}"
-        if i == 0:
-            model = PeftModel.from_pretrained(base.model, run.adapter_dir, adapter_name=name)
-        else:
-            model.load_adapter(run.adapter_dir, adapter_name=name)
-        model.set_adapter(name)
+    rows = []
+    for run, model in stacked_adapters(base, runs):
         members, held_out = canaries(tokenizer, run.recipe, like=data.train[0])
         batch = recipe.eval.batch_size or recipe.train.batch_size
         m, h = _losses(model, members, collate, batch), _losses(model, held_out, collate, batch)
