@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export PIP_CACHE_DIR ?= $(HOME)/.cache/pip
 export PEFTKIT_CACHE ?= $(HOME)/.cache/peftkit
 
-.PHONY: install install-dev demo test test-fast test-integration test-llama-cpp clean
+.PHONY: install install-dev chromium demo test test-fast test-integration test-llama-cpp clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -31,10 +31,15 @@ demo: install
 	$(BIN)/peftkit models pull smollm2-135m-instruct
 	$(BIN)/peftkit train recipes/quickstart.yaml $(DEMO_OVERRIDES) --force
 
-test: install-dev
+# the browser tests (tests/reporting, tests/dashboard) drive Debian's chromium headless through Playwright
+chromium:
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: install-dev chromium
 	$(BIN)/python -m pytest -q
 
-test-fast: install-dev
+test-fast: install-dev chromium
 	$(BIN)/python -m pytest -q -m "not integration"
 
 test-integration: install-dev

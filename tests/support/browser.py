@@ -1,4 +1,4 @@
-"""Headless Chromium for tests: Debian's `chromium` (apt-get install chromium; .ci/run installs it) driven by
+"""Headless Chromium for tests: Debian's `chromium` (apt-get install chromium; `make test` installs it) driven by
 Playwright, which is told where it is (no browser download). A missing browser fails the test: a skipped
 browser test would prove nothing."""
 
@@ -15,7 +15,7 @@ import pytest
 def chromium_path() -> str:
     found = os.environ.get("PEFTKIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
-        pytest.fail("no chromium: apt-get install -y chromium (or set PEFTKIT_CHROMIUM); .ci/run installs it")
+        pytest.fail("no chromium: apt-get install -y chromium (or set PEFTKIT_CHROMIUM); `make test` installs it")
     return found
 
 
