@@ -2,10 +2,12 @@
 
 The estimate is planned for what was measured: the device the steps ran on, the measured micro-batch, its
 recompute and packing, and data.max_length set to the longest example's tokens (the width the worst batch is
-padded to; the plan otherwise assumes every row is max_length long). Like is compared with like: on CUDA the allocator's peak against the
-estimate without its overhead line (CUDA context and allocator slack lie outside torch.cuda.max_memory_allocated);
-on CPU the process's resident-set peak against the estimate with its process-baseline line. Both sides leave out
-evaluation: the steps measured are training steps.
+padded to; the plan otherwise assumes every row is max_length long); packed, one row as wide as the measured one. Like is compared with like: the live
+tensors' peak (CUDA: torch.cuda.max_memory_allocated; CPU: training.tensor_peak) against the estimate without
+its overhead line (the CUDA context and allocator slack, or the CPU process, lie outside it). On CPU the process's
+resident-set peak is shown beside, against the estimate with its process-baseline line: the C heap's leftovers
+between live blocks (glibc keeps freed memory after a long backward) make it the larger of the two, by an amount
+the plan does not model. Both sides leave out evaluation: the steps measured are training steps.
 """
 
 from __future__ import annotations
@@ -31,38 +33,55 @@ class MeasuredPlan:
 
     @property
     def estimate_bytes(self) -> int:
-        """The estimate of what the measurement reads: held + train, plus the process baseline on CPU."""
-        e = self.estimate
-        return e.phase("held") + e.phase("train") + (e.phase("overhead") if self.device == "cpu" else 0)
+        """The estimate of the tensors' peak: held + train."""
+        return self.estimate.phase("held") + self.estimate.phase("train")
 
     @property
     def ratio(self) -> float:
-        """measured / estimated: above 1 the plan was optimistic."""
-        return self.measurement.peak_mb * 2**20 / max(self.estimate_bytes, 1)
+        """measured tensor peak / estimated: above 1 the plan was optimistic."""
+        m = self.measurement
+        return (m.tensor_peak_mb if m.tensor_peak_mb is not None else m.peak_mb) * 2**20 / max(self.estimate_bytes, 1)
+
+    @property
+    def process_ratio(self) -> float | None:
+        """CPU: the resident-set peak / the estimate with its process-baseline line."""
+        if self.device != "cpu":
+            return None
+        return self.measurement.peak_mb * 2**20 / max(self.estimate_bytes + self.estimate.phase("overhead"), 1)
 
     def to_dict(self) -> dict:
+        process = self.process_ratio
         return {"measurement": self.measurement.to_dict(), "estimate_bytes": self.estimate_bytes,
-                "estimate_overrides": list(self.overrides), "ratio": round(self.ratio, 3)}
+                "estimate_overrides": list(self.overrides), "ratio": round(self.ratio, 3),
+                "process_estimate_bytes": self.estimate_bytes + self.estimate.phase("overhead"),
+                "process_ratio": None if process is None else round(process, 3)}
 
     def summary(self) -> list[str]:
         m, mib = self.measurement, 2**20
         rows, width = m.shape
-        process = (f"; the process held {m.baseline_mb:,.0f} MB before loading, {m.loaded_mb:,.0f} MB loaded"
-                   if self.device == "cpu" else f"; {m.loaded_mb:,.0f} MB allocated before the first step")
-        return [
+        tensors = m.tensor_peak_mb if m.tensor_peak_mb is not None else m.peak_mb
+        lines = [
             f"measured on {m.device}: {m.steps} optimizer steps on the {m.batch_size} longest examples "
             f"(batch {rows} x {width} tokens, recompute {'on' if m.recompute else 'off'}, packing "
-            f"{'on' if m.packing else 'off'})",
-            f"  peak {m.peak_mb:,.0f} MB ({m.peak_kind}{process}), {m.tokens_per_s:,.0f} tokens/s",
-            f"  estimate for that batch ({' '.join(self.overrides)}): {self.estimate_bytes / mib:,.0f} MB"
-            f"{' without CUDA context/slack' if self.device == 'cuda' else ''}; measured / estimate "
-            f"{self.ratio:.2f}",
+            f"{'on' if m.packing else 'off'}), {m.tokens_per_s:,.0f} tokens/s",
+            f"  tensors at their peak {tensors:,.0f} MB; estimate for that batch ({' '.join(self.overrides)}): "
+            f"{self.estimate_bytes / mib:,.0f} MB without "
+            f"{'CUDA context/slack' if self.device == 'cuda' else 'the process'}; measured / estimate {self.ratio:.2f}",
         ]
+        if self.process_ratio is not None:
+            lines.append(
+                f"  process resident-set peak {m.peak_mb:,.0f} MB (before loading {m.baseline_mb:,.0f} MB, loaded "
+                f"{m.loaded_mb:,.0f} MB) against {(self.estimate_bytes + self.estimate.phase('overhead')) / mib:,.0f} "
+                f"MB with the process baseline: {self.process_ratio:.2f} (the C heap's free-but-kept memory is not "
+                "planned)")
+        return lines
 
 
 def measure_plan(recipe: Recipe, *, steps: int = MEASURE_STEPS, config_file: str | Path | None = None) -> MeasuredPlan:
     m = measure(recipe, steps=steps)
-    overrides = (f"train.batch_size={m.batch_size}", "train.grad_accum=1", f"data.max_length={m.longest_tokens}",
+    # packed: one row of the measured width holds the whole micro-batch (the plan fills batch x max_length)
+    rows, length = (1, m.shape[1]) if m.packing else (m.batch_size, m.longest_tokens)
+    overrides = (f"train.batch_size={rows}", "train.grad_accum=1", f"data.max_length={length}",
                  f"train.gradient_checkpointing={str(m.recompute).lower()}", f"data.packing={str(m.packing).lower()}")
     matched = with_overrides(recipe, ["train.effective_batch=null", *overrides])
     device = "cuda" if m.device.startswith("cuda") else "cpu"

@@ -24,4 +24,4 @@ def measure(recipe: Recipe, *, steps: int = MEASURE_STEPS, batch_size: int | Non
         return search_batch_size(work).measurement
     recipe, choices = resolve(recipe, work.hardware, work.precision, config=work.config)
     with Rig(work, recipe, choices) as rig:
-        return rig.probe(recipe.train.batch_size, steps)
+        return rig.probe(recipe.train.batch_size, steps, tensors=True)

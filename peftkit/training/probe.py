@@ -10,13 +10,16 @@ a run may take (a precomputed reference is a table lookup during the steps).
 
 Peak memory is peftkit.hardware's: the CUDA allocator's peak on a GPU; on CPU the resident-set high-water mark,
 which is the whole process's, so `baseline_mb` (the process before anything loaded) is reported beside it;
-reset_peak_memory hands the free C heap back first, here and in the trainer alike.
+reset_peak_memory hands the free C heap back first, here and in the trainer alike. `peftkit plan --measure` also
+asks for the tensors' own peak (training.tensor_peak), which on CPU leaves out the interpreter and the C heap's
+leftovers, as CUDA's allocator peak does.
 Nothing is written: no run directory, no checkpoint.
 """
 
 from __future__ import annotations
 
 import gc
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from itertools import repeat
 
@@ -38,6 +41,7 @@ from .loop import FitState, StepLog, fit
 from .optim import build_optimizer, build_scheduler
 from .recompute import enable_recompute
 from .reference import ReferenceChoice, build_references
+from .tensor_peak import TensorPeak
 
 MEASURE_STEPS = 3
 
@@ -58,6 +62,7 @@ class Measurement:
     packing: bool
     cpu_model: str
     cpu_isa: dict[str, bool]
+    tensor_peak_mb: float | None = None  # live tensors at their highest (CUDA: peak_mb); None: not asked for
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,8 +146,9 @@ class Rig:
         release_free_heap()
         self.loaded_mb = memory_in_use_mb()
 
-    def probe(self, batch_size: int, steps: int = MEASURE_STEPS) -> Measurement:
-        """`steps` optimizer steps on the `batch_size` longest examples. On CUDA, running out of memory raises
+    def probe(self, batch_size: int, steps: int = MEASURE_STEPS, *, tensors: bool = False) -> Measurement:
+        """`steps` optimizer steps on the `batch_size` longest examples; `tensors`: also the live tensors' peak
+        (on CPU through the profiler: slower steps). On CUDA, running out of memory raises
         torch.cuda.OutOfMemoryError (the gradients are dropped first, so the caller can go on)."""
         rows = longest_rows(self.work.rows, batch_size)
         batch = self.collate(rows)
@@ -151,9 +157,11 @@ class Rig:
         scheduler = build_scheduler(self.optimizer, spec)
         logs: list[StepLog] = []
         reset_peak_memory()  # on CPU: after handing back the free heap, so the peak starts from what is alive
+        cuda = self.accelerator.device.type == "cuda"
         try:
-            fit(self.model, self.optimizer, scheduler, (dict(batch) for _ in repeat(None)), self.accelerator, spec,
-                FitState(), on_step=logs.append, reference=self.reference)
+            with TensorPeak(cuda) if tensors else nullcontext() as tensor_peak:
+                fit(self.model, self.optimizer, scheduler, (dict(batch) for _ in repeat(None)), self.accelerator,
+                    spec, FitState(), on_step=logs.append, reference=self.reference)
         except torch.cuda.OutOfMemoryError:
             self.optimizer.zero_grad(set_to_none=True)
             raise
@@ -169,7 +177,7 @@ class Rig:
             tokens_per_s=rate, batch_size=batch_size, shape=tuple(batch["input_ids"].shape),
             longest_tokens=example_length(rows[0]), steps=len(logs), device=str(self.accelerator.device),
             recompute=self.choices.recompute.enabled, packing=self.choices.packing, cpu_model=hw.cpu_model,
-            cpu_isa=hw.isa(),
+            cpu_isa=hw.isa(), tensor_peak_mb=tensor_peak.peak_bytes / 2**20 if tensors else None,
         )
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ def test_measure_steps_the_longest_examples_and_writes_nothing(assets, tmp_path)
     longest = max(len(r["input_ids"]) for r in prepare_data(recipe).data.train)
     assert m.shape == (3, longest) and m.longest_tokens == longest and m.batch_size == 3
     assert m.steps == 2 and m.peak_mb > 0 and m.tokens_per_s > 0
+    assert 0 < m.tensor_peak_mb < m.peak_mb  # the tensors alone: less than the whole process
     assert m.peak_kind == "rss_peak" and 0 < m.baseline_mb <= m.peak_mb  # CPU: the process-wide resident set
     assert m.device == "cpu" and m.cpu_isa == detect().isa() and not m.recompute  # read, not assumed
     assert not (tmp_path / "run").exists()
@@ -53,9 +54,24 @@ def test_plan_measure_compares_with_the_estimate_of_the_measured_batch(assets, t
     m = got.measurement
     assert f"data.max_length={m.longest_tokens}" in got.overrides and "train.batch_size=2" in got.overrides
     assert got.estimate.settings.tokens_per_step == 2 * m.longest_tokens  # the plan sized for the measured batch
-    # CPU: the process's RSS peak against held + train + the plan's process baseline
-    assert got.estimate_bytes == sum(line.bytes for line in got.estimate.lines if line.phase != "eval")
-    assert got.ratio == m.peak_mb * 2**20 / got.estimate_bytes > 0
+    # the tensors' peak against held + train; on CPU the process's RSS peak against that plus the process baseline
+    lines = got.estimate.lines
+    assert got.estimate_bytes == sum(line.bytes for line in lines if line.phase in ("held", "train"))
+    assert got.ratio == m.tensor_peak_mb * 2**20 / got.estimate_bytes > 0
+    overhead = sum(line.bytes for line in lines if line.phase == "overhead")
+    assert overhead > 0 and got.process_ratio == m.peak_mb * 2**20 / (got.estimate_bytes + overhead)
     assert got.to_dict()["measurement"]["shape"] == (2, m.longest_tokens)
     text = "\n".join(got.summary())
     assert f"batch 2 x {m.longest_tokens} tokens" in text and f"measured / estimate {got.ratio:.2f}" in text
+    assert f"with the process baseline: {got.process_ratio:.2f}" in text
+
+
+def test_a_packed_measurement_is_planned_as_one_row_of_the_measured_width(assets, tmp_path):
+    base, chat, _ = assets
+    recipe = tiny_recipe(base, chat, tmp_path / "run", data={"max_length": 256, "packing": True},
+                         train={"batch_size": 3, "gradient_checkpointing": True})
+    got = measure_plan(recipe, steps=1)
+    rows, width = got.measurement.shape
+    assert rows == 1 and width > got.measurement.longest_tokens  # three examples in one row
+    assert "train.batch_size=1" in got.overrides and f"data.max_length={width}" in got.overrides
+    assert got.estimate.settings.tokens_per_step == width
