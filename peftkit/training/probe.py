@@ -11,15 +11,14 @@ a run may take (a precomputed reference is a table lookup during the steps).
 Peak memory is peftkit.hardware's: the CUDA allocator's peak on a GPU; on CPU the resident-set high-water mark,
 which is the whole process's, so `baseline_mb` (the process before anything loaded) is reported beside it;
 reset_peak_memory hands the free C heap back first, here and in the trainer alike. `peftkit plan --measure` also
-asks for the tensors' own peak (training.tensor_peak), which on CPU leaves out the interpreter and the C heap's
-leftovers, as CUDA's allocator peak does.
+asks for the tensors' own peak (training.tensor_peak; on CPU over one more step, after the timed ones), which
+leaves out the interpreter and the C heap's leftovers, as CUDA's allocator peak does.
 Nothing is written: no run directory, no checkpoint.
 """
 
 from __future__ import annotations
 
 import gc
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from itertools import repeat
 
@@ -147,25 +146,23 @@ class Rig:
         self.loaded_mb = memory_in_use_mb()
 
     def probe(self, batch_size: int, steps: int = MEASURE_STEPS, *, tensors: bool = False) -> Measurement:
-        """`steps` optimizer steps on the `batch_size` longest examples; `tensors`: also the live tensors' peak
-        (on CPU through the profiler: slower steps). On CUDA, running out of memory raises
-        torch.cuda.OutOfMemoryError (the gradients are dropped first, so the caller can go on)."""
+        """`steps` optimizer steps on the `batch_size` longest examples; `tensors`: also the live tensors' peak (on
+        CPU one more step under the profiler, after the timed ones: it slows steps and holds memory of its own).
+        On CUDA, running out of memory raises torch.cuda.OutOfMemoryError (the gradients are dropped first, so the
+        caller can go on)."""
         rows = longest_rows(self.work.rows, batch_size)
         batch = self.collate(rows)
-        spec = self.recipe.train.model_copy(update={
-            "max_steps": steps, "batch_size": batch_size, "grad_accum": 1, "log_every": 1, "checkpoint_every": None})
-        scheduler = build_scheduler(self.optimizer, spec)
         logs: list[StepLog] = []
         reset_peak_memory()  # on CPU: after handing back the free heap, so the peak starts from what is alive
-        cuda = self.accelerator.device.type == "cuda"
-        try:
-            with TensorPeak(cuda) if tensors else nullcontext() as tensor_peak:
-                fit(self.model, self.optimizer, scheduler, (dict(batch) for _ in repeat(None)), self.accelerator,
-                    spec, FitState(), on_step=logs.append, reference=self.reference)
-        except torch.cuda.OutOfMemoryError:
-            self.optimizer.zero_grad(set_to_none=True)
-            raise
+        self._steps(batch, batch_size, steps, logs)
         peak, kind = peak_memory_mb()
+        tensor_peak = None
+        if tensors and self.accelerator.device.type == "cuda":
+            tensor_peak = peak  # the CUDA allocator's peak is the tensors'
+        elif tensors:
+            with TensorPeak(cuda=False) as live:
+                self._steps(batch, batch_size, 1, [])
+            tensor_peak = live.peak_bytes / 2**20
         first, last = logs[0], logs[-1]
         if len(logs) > 1 and last.elapsed_s > first.elapsed_s:
             rate = (last.tokens - first.tokens) / (last.elapsed_s - first.elapsed_s)
@@ -177,8 +174,18 @@ class Rig:
             tokens_per_s=rate, batch_size=batch_size, shape=tuple(batch["input_ids"].shape),
             longest_tokens=example_length(rows[0]), steps=len(logs), device=str(self.accelerator.device),
             recompute=self.choices.recompute.enabled, packing=self.choices.packing, cpu_model=hw.cpu_model,
-            cpu_isa=hw.isa(), tensor_peak_mb=tensor_peak.peak_bytes / 2**20 if tensors else None,
+            cpu_isa=hw.isa(), tensor_peak_mb=tensor_peak,
         )
+
+    def _steps(self, batch: dict, batch_size: int, steps: int, logs: list[StepLog]) -> None:
+        spec = self.recipe.train.model_copy(update={
+            "max_steps": steps, "batch_size": batch_size, "grad_accum": 1, "log_every": 1, "checkpoint_every": None})
+        try:
+            fit(self.model, self.optimizer, build_scheduler(self.optimizer, spec), (dict(batch) for _ in repeat(None)),
+                self.accelerator, spec, FitState(), on_step=logs.append, reference=self.reference)
+        except torch.cuda.OutOfMemoryError:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
 
     def close(self) -> None:
         self.accelerator.free_memory()  # drops its references to the model and optimizer
