@@ -1,13 +1,15 @@
 """`peftkit plan --measure`: the measured steps beside the config-only estimate of the same batch.
 
 The estimate is planned for what was measured: the device the steps ran on, the measured micro-batch, its
-recompute and packing, and data.max_length set to the longest example's tokens (the width the worst batch is
-padded to; the plan otherwise assumes every row is max_length long); packed, one row as wide as the measured one. Like is compared with like: the live
-tensors' peak (CUDA: torch.cuda.max_memory_allocated; CPU: training.tensor_peak) against the estimate without
-its overhead line (the CUDA context and allocator slack, or the CPU process, lie outside it). On CPU the process's
-resident-set peak is shown beside, against the estimate with its process-baseline line: the C heap's leftovers
-between live blocks (glibc keeps freed memory after a long backward) make it the larger of the two, by an amount
-the plan does not model. Both sides leave out evaluation: the steps measured are training steps.
+recompute and packing, data.max_length set to the longest example's tokens (the width the worst batch is padded
+to; the plan otherwise assumes every row is max_length long; packed, one row as wide as the measured one), and
+the batch's trained positions for the logits (the plan otherwise assumes every position carries loss). Like is
+compared with like: the live tensors' peak (CUDA: torch.cuda.max_memory_allocated; CPU: training.tensor_peak)
+against the estimate without its overhead line (the CUDA context and allocator slack, or the CPU process, lie
+outside it). On CPU the process's resident-set peak is shown beside, against the estimate with its
+process-baseline line: memory outside the tensors (libraries' own buffers, and what glibc's heap keeps after
+frees) makes it the larger of the two, by an amount the plan does not model. Both sides leave out evaluation:
+the steps measured are training steps.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class MeasuredPlan:
             f"measured on {m.device}: {m.steps} optimizer steps on the {m.batch_size} longest examples "
             f"(batch {rows} x {width} tokens, recompute {'on' if m.recompute else 'off'}, packing "
             f"{'on' if m.packing else 'off'}), {m.tokens_per_s:,.0f} tokens/s",
-            f"  tensors at their peak {tensors:,.0f} MB; estimate for that batch ({' '.join(self.overrides)}): "
+            f"  tensors at their peak {tensors:,.0f} MB; estimate for that batch ({' '.join(self.overrides)}"
+            f"{f', {m.trained_positions:,} trained positions' if m.trained_positions is not None else ''}): "
             f"{self.estimate_bytes / mib:,.0f} MB without "
             f"{'CUDA context/slack' if self.device == 'cuda' else 'the process'}; measured / estimate {self.ratio:.2f}",
         ]
@@ -72,7 +75,7 @@ class MeasuredPlan:
             lines.append(
                 f"  process resident-set peak {m.peak_mb:,.0f} MB (before loading {m.baseline_mb:,.0f} MB, loaded "
                 f"{m.loaded_mb:,.0f} MB) against {(self.estimate_bytes + self.estimate.phase('overhead')) / mib:,.0f} "
-                f"MB with the process baseline: {self.process_ratio:.2f} (the C heap's free-but-kept memory is not "
+                f"MB with the process baseline: {self.process_ratio:.2f} (memory outside the tensors is not "
                 "planned)")
         return lines
 
@@ -85,4 +88,5 @@ def measure_plan(recipe: Recipe, *, steps: int = MEASURE_STEPS, config_file: str
                  f"train.gradient_checkpointing={str(m.recompute).lower()}", f"data.packing={str(m.packing).lower()}")
     matched = with_overrides(recipe, ["train.effective_batch=null", *overrides])
     device = "cuda" if m.device.startswith("cuda") else "cpu"
-    return MeasuredPlan(m, plan_recipe(matched, device=device, config_file=config_file).estimate, overrides)
+    plan = plan_recipe(matched, device=device, config_file=config_file, trained_positions=m.trained_positions)
+    return MeasuredPlan(m, plan.estimate, overrides)

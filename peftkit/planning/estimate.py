@@ -88,9 +88,11 @@ def resolved_dtype(value: str, device: Device, cpu_dtype: str) -> str:
 
 
 def estimate(recipe: Recipe, inv: Inventory, *, device: Device = "cuda", device_bytes: int | None = None,
-             cpu_dtype: str = "float32") -> Estimate:
+             cpu_dtype: str = "float32", trained_positions: int | None = None) -> Estimate:
     """The breakdown for `recipe` on `device`. `device_bytes`: the memory `auto` recompute is decided against
-    (default: a 24 GiB card on CUDA, this machine's RAM on CPU); `cpu_dtype`: what `auto` means on this CPU."""
+    (default: a 24 GiB card on CUDA, this machine's RAM on CPU); `cpu_dtype`: what `auto` means on this CPU;
+    `trained_positions`: the positions of a micro-batch that carry loss, where known (a measured batch: its
+    response tokens); else every position does, as the config alone cannot tell."""
     m, t, d, a = recipe.model, recipe.train, recipe.data, recipe.adapter
     if device == "cpu" and t.optimizer in CUDA_OPTIMIZERS:
         raise RecipeError(None, [Problem("train.optimizer", "bitsandbytes 8-bit/paged optimizers need a CUDA GPU; "
@@ -145,7 +147,9 @@ def estimate(recipe: Recipe, inv: Inventory, *, device: Device = "cuda", device_
                       activation_bytes(shape, tokens, acts, recompute=recompute, offload=t.checkpoint_offload),
                       "train", f"{tokens:,} tokens per micro-batch"
                       + (", eager attention" if acts.attention_seq else "")))
-    logits, logits_note = _logits(inv, tokens, act, causal=causal, selective=selective, chunk=chunk)
+    # selective logits project only the trained positions; without it every position is projected
+    positions = trained_positions if selective and trained_positions is not None else tokens
+    logits, logits_note = _logits(inv, positions, act, causal=causal, selective=selective, chunk=chunk)
     lines.append(Line("logits", "logits for the loss", logits, "train", logits_note))
     if q.bits:
         lines.append(Line("dequant", f"{q.bits}-bit dequantized weight (largest layer, {compute})",

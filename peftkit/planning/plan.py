@@ -52,12 +52,13 @@ def inventory_for(recipe: Recipe, config_file: str | Path | None = None) -> tupl
 
 
 def plan_recipe(recipe: Recipe, *, memory: int | None = None, device: Device = "cuda",
-                config_file: str | Path | None = None) -> MemoryPlan:
+                config_file: str | Path | None = None, trained_positions: int | None = None) -> MemoryPlan:
     inv, source = inventory_for(recipe, config_file)
     cpu_dtype = cpu_auto_dtype() if device == "cpu" else "float32"
 
     def estimate_of(r: Recipe) -> Estimate:
-        return estimate(r, inv, device=device, device_bytes=memory, cpu_dtype=cpu_dtype)
+        return estimate(r, inv, device=device, device_bytes=memory, cpu_dtype=cpu_dtype,
+                        trained_positions=trained_positions)
 
     est = estimate_of(recipe)
     steps = advise(recipe, memory, estimate_of) if memory is not None and est.peak_bytes > memory else ()

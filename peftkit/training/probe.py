@@ -33,6 +33,7 @@ from ..hardware import (
     Hardware, Precision, detect, memory_in_use_mb, peak_memory_mb, release_free_heap, reset_peak_memory,
 )
 from ..modeling.load import base_config, load_base
+from ..modeling.tokens import trained_tokens
 from ..recipe import Recipe, recipe_from_dict
 from ..recipe.schema.train import REFERENCE_OBJECTIVES
 from .choices import Choices, resolve_precision
@@ -62,6 +63,7 @@ class Measurement:
     cpu_model: str
     cpu_isa: dict[str, bool]
     tensor_peak_mb: float | None = None  # live tensors at their highest (CUDA: peak_mb); None: not asked for
+    trained_positions: int | None = None  # the measured batch's positions that carry loss (all rows together)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,7 +174,8 @@ class Rig:
         return Measurement(
             peak_mb=peak, peak_kind=kind, baseline_mb=self.work.baseline_mb, loaded_mb=self.loaded_mb,
             tokens_per_s=rate, batch_size=batch_size, shape=tuple(batch["input_ids"].shape),
-            longest_tokens=example_length(rows[0]), steps=len(logs), device=str(self.accelerator.device),
+            longest_tokens=example_length(rows[0]), trained_positions=trained_tokens(batch["labels"]),
+            steps=len(logs), device=str(self.accelerator.device),
             recompute=self.choices.recompute.enabled, packing=self.choices.packing, cpu_model=hw.cpu_model,
             cpu_isa=hw.isa(), tensor_peak_mb=tensor_peak,
         )

@@ -64,3 +64,17 @@ def test_memory_sizes(text, expected):
 
 def test_cards_are_gib():
     assert fits(12 * GiB)["12GB"] and not fits(12 * GiB + 1)["12GB"]
+
+
+def test_known_trained_positions_size_the_logits():
+    """A measured batch says how many positions carry loss; selective logits project only those (the plan from
+    the config alone assumes all of them, as many as the chunk holds)."""
+    recipe = load_recipe(RECIPES / LLAMA)
+    vocab_row = 128_256 * (2 + 4 + 4)  # bf16 logits, the fp32 copy the loss reads, its gradient
+    logits = {n: next(x.bytes for x in plan_recipe(recipe, trained_positions=n).estimate.lines if x.key == "logits")
+              for n in (None, 100, 10_000)}
+    assert logits[None] == logits[10_000] == 256 * vocab_row  # a chunk of 256 positions at a time
+    assert logits[100] == 100 * vocab_row
+    plain = load_recipe(RECIPES / LLAMA, ["train.selective_logits=false"])
+    every = next(x.bytes for x in plan_recipe(plain, trained_positions=100).estimate.lines if x.key == "logits")
+    assert every == 4 * 1024 * vocab_row  # without selective logits every position is projected

@@ -64,6 +64,8 @@ def test_plan_measure_compares_with_the_estimate_of_the_measured_batch(assets, t
     text = "\n".join(got.summary())
     assert f"batch 2 x {m.longest_tokens} tokens" in text and f"measured / estimate {got.ratio:.2f}" in text
     assert f"with the process baseline: {got.process_ratio:.2f}" in text
+    # the responses' positions, fewer than the batch's (chat rows carry their prompts too)
+    assert 0 < m.trained_positions < 2 * m.longest_tokens and f"{m.trained_positions:,} trained positions" in text
 
 
 def test_a_packed_measurement_is_planned_as_one_row_of_the_measured_width(assets, tmp_path):
