@@ -15,7 +15,7 @@ weights and adapters on top (bitsandbytes' 4/8-bit matmuls and a frozen nn.Linea
   matmul keeps a 16-bit copy), one copy per layer when cast or behind dropout, else shared by the layers reading
   the same tensor; dropout's mask (1 byte per element in CUDA's fused kernel; on CPU the scaled noise, as wide as
   the input); and the rank-wide output of A;
-- a backward workspace of two intermediate-wide gradients.
+- a backward workspace of two intermediate-wide gradients, for the one block whose backward is running.
 With recompute (gradient checkpointing) each block keeps only its input, and one block's activations exist again
 while its backward runs; with checkpoint_offload even the inputs move to host memory.
 """
@@ -64,7 +64,7 @@ def adapted_leaves(targets) -> frozenset[str]:
 
 
 def layer_bytes(shape: BaseShape, m: ActivationModel) -> int:
-    """Bytes one block keeps per token for its backward."""
+    """Bytes one block keeps per token for its backward (its backward's transient workspace: workspace_bytes)."""
     h, i, a, lb = shape.hidden, shape.intermediate, m.act_bytes, m.adapter_in_bytes
     heads_width = shape.heads * shape.head_dim
     total = m.norms_per_layer * h * (4 if m.rms_norm else a)
@@ -82,7 +82,12 @@ def layer_bytes(shape: BaseShape, m: ActivationModel) -> int:
             continue
         copies = n if (lb != a or m.dropout) else 1
         total += copies * widths[width] * (lb + (m.dropout_mask_bytes if m.dropout else 0)) + n * m.rank * lb
-    return total + 2 * i * a  # backward workspace
+    return total
+
+
+def workspace_bytes(shape: BaseShape, m: ActivationModel) -> int:
+    """Per token, the transient gradients of the one block whose backward is running (not one per block)."""
+    return 2 * shape.intermediate * m.act_bytes
 
 
 def activation_bytes(shape: BaseShape, tokens: int, m: ActivationModel, *, recompute: bool,
@@ -91,9 +96,9 @@ def activation_bytes(shape: BaseShape, tokens: int, m: ActivationModel, *, recom
     outside = shape.hidden * (m.act_bytes + 4)  # embedding output, final norm
     if recompute:
         kept_inputs = 0 if offload else shape.layers * shape.hidden * m.act_bytes
-        return tokens * (kept_inputs + layer_bytes(shape, m) + outside)
+        return tokens * (kept_inputs + layer_bytes(shape, m) + workspace_bytes(shape, m) + outside)
     hidden_states = shape.layers * shape.hidden * m.act_bytes if m.hidden_states_kept and m.act_bytes != 4 else 0
-    return tokens * (shape.layers * layer_bytes(shape, m) + hidden_states + outside)
+    return tokens * (shape.layers * layer_bytes(shape, m) + workspace_bytes(shape, m) + hidden_states + outside)
 
 
 # train.gradient_checkpointing: auto turns recompute on when a micro-batch's activations (above) would take more
