@@ -39,34 +39,42 @@ class MeasuredPlan:
         return self.estimate.phase("held") + self.estimate.phase("train")
 
     @property
+    def process_estimate_bytes(self) -> int:
+        """The estimate of the whole process: held + train + the overhead line."""
+        return self.estimate_bytes + self.estimate.phase("overhead")
+
+    @property
+    def tensor_mb(self) -> float:
+        m = self.measurement
+        return m.tensor_peak_mb if m.tensor_peak_mb is not None else m.peak_mb
+
+    @property
     def ratio(self) -> float:
         """measured tensor peak / estimated: above 1 the plan was optimistic."""
-        m = self.measurement
-        return (m.tensor_peak_mb if m.tensor_peak_mb is not None else m.peak_mb) * 2**20 / max(self.estimate_bytes, 1)
+        return self.tensor_mb * 2**20 / max(self.estimate_bytes, 1)
 
     @property
     def process_ratio(self) -> float | None:
         """CPU: the resident-set peak / the estimate with its process-baseline line."""
         if self.device != "cpu":
             return None
-        return self.measurement.peak_mb * 2**20 / max(self.estimate_bytes + self.estimate.phase("overhead"), 1)
+        return self.measurement.peak_mb * 2**20 / max(self.process_estimate_bytes, 1)
 
     def to_dict(self) -> dict:
         process = self.process_ratio
         return {"measurement": self.measurement.to_dict(), "estimate_bytes": self.estimate_bytes,
                 "estimate_overrides": list(self.overrides), "ratio": round(self.ratio, 3),
-                "process_estimate_bytes": self.estimate_bytes + self.estimate.phase("overhead"),
+                "process_estimate_bytes": self.process_estimate_bytes,
                 "process_ratio": None if process is None else round(process, 3)}
 
     def summary(self) -> list[str]:
         m, mib = self.measurement, 2**20
         rows, width = m.shape
-        tensors = m.tensor_peak_mb if m.tensor_peak_mb is not None else m.peak_mb
         lines = [
             f"measured on {m.device}: {m.steps} optimizer steps on the {m.batch_size} longest examples "
             f"(batch {rows} x {width} tokens, recompute {'on' if m.recompute else 'off'}, packing "
             f"{'on' if m.packing else 'off'}), {m.tokens_per_s:,.0f} tokens/s",
-            f"  tensors at their peak {tensors:,.0f} MB; estimate for that batch ({' '.join(self.overrides)}"
+            f"  tensors at their peak {self.tensor_mb:,.0f} MB; estimate for that batch ({' '.join(self.overrides)}"
             f"{f', {m.trained_positions:,} trained positions' if m.trained_positions is not None else ''}): "
             f"{self.estimate_bytes / mib:,.0f} MB without "
             f"{'CUDA context/slack' if self.device == 'cuda' else 'the process'}; measured / estimate {self.ratio:.2f}",
@@ -74,7 +82,7 @@ class MeasuredPlan:
         if self.process_ratio is not None:
             lines.append(
                 f"  process resident-set peak {m.peak_mb:,.0f} MB (before loading {m.baseline_mb:,.0f} MB, loaded "
-                f"{m.loaded_mb:,.0f} MB) against {(self.estimate_bytes + self.estimate.phase('overhead')) / mib:,.0f} "
+                f"{m.loaded_mb:,.0f} MB) against {self.process_estimate_bytes / mib:,.0f} "
                 f"MB with the process baseline: {self.process_ratio:.2f} (memory outside the tensors is not "
                 "planned)")
         return lines

@@ -30,10 +30,9 @@ ALLOCATOR_SLACK = 0.10  # reserved beyond allocated: the caching allocator's fra
 # Measured with `peftkit plan --measure` on a 2-core EPYC: RSS peak minus the lines' sum was 0.92-1.04 GB on the
 # quickstart (recompute off and on) and MiniLM recipes.
 CPU_BASELINE = 1000 * 2**20
-# Not counted on CPU: glibc heap fragmentation. The activation lines match what autograd saves (Code Alpaca, SmolLM2
-# QLoRA, 4 x 512 tokens: 4,988 MB saved, 2.55 MB/token), but by default glibc raises its mmap threshold to the
-# largest mapping freed (up to 32 MiB), after which activations come from the brk heap and freed transients leave
-# resident holes: RSS rose 7,008 MB in that step, 5,165 MB with MALLOC_MMAP_THRESHOLD_=131072 held fixed.
+# Not counted on CPU: resident memory outside the tensors beyond that baseline (libraries' buffers, what glibc's heap
+# keeps after frees): Code Alpaca with recompute held 0.6 GB of tensors at a 3.5 GB resident peak
+# (benchmarks/results/plan.md). `plan --measure` compares the tensor lines with the tensors' measured peak.
 ASSUMED_CARD = 24 * GiB  # the card `auto` recompute is decided for on CUDA when --memory is not given
 GENERATION_METRICS = ("exact_match", "rouge_l", "numeric_match")
 OPTIMIZER_STATE = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 4}  # bytes per trained parameter

@@ -162,7 +162,7 @@ class Rig:
         if tensors and self.accelerator.device.type == "cuda":
             tensor_peak = peak  # the CUDA allocator's peak is the tensors'
         elif tensors:
-            with TensorPeak(cuda=False) as live:
+            with TensorPeak() as live:
                 self._steps(batch, batch_size, 1, [])
             tensor_peak = live.peak_bytes / 2**20
         first, last = logs[0], logs[-1]

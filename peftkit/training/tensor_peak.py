@@ -55,26 +55,18 @@ def _stderr_quiet():
 
 
 class TensorPeak:
-    """`with TensorPeak(cuda) as t: ...` then t.peak_bytes: the highest tensor memory in use inside the block."""
-
-    def __init__(self, cuda: bool):
-        self.cuda, self.peak_bytes, self._prof = cuda, 0, None
+    """`with TensorPeak() as t: ...` then t.peak_bytes: the highest CPU tensor memory in use inside the block (on
+    CUDA the allocator keeps this figure itself: torch.cuda.max_memory_allocated)."""
 
     def __enter__(self) -> TensorPeak:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            return self
         gc.collect()
-        self.start_bytes = live_tensor_bytes()
+        self.start_bytes, self.peak_bytes = live_tensor_bytes(), 0
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         with _stderr_quiet():
             self._prof.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.cuda:
-            self.peak_bytes = torch.cuda.max_memory_allocated()
-            return
         with _stderr_quiet():
             self._prof.__exit__(*exc)
         moves = sorted((e.start_ns(), e.nbytes()) for e in self._prof.profiler.kineto_results.events()

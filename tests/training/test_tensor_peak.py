@@ -16,7 +16,7 @@ def test_live_tensor_bytes_counts_each_storage_once():
 
 def test_peak_is_the_start_plus_the_highest_point_of_the_allocations_inside():
     weight = torch.ones(500, 500)  # alive before: 1,000,000 bytes
-    with TensorPeak(cuda=False) as peak:
+    with TensorPeak() as peak:
         a = torch.ones(1000, 1000)  # +4 MB
         b = a * 2  # +4 MB: 8 MB above the start at the highest point
         del a, b
@@ -28,6 +28,6 @@ def test_peak_is_the_start_plus_the_highest_point_of_the_allocations_inside():
 
 def test_the_profiler_leaves_stderr_alone(capfd):
     """PyTorch's profiler writes a line to fd 2 when it starts and stops; `peftkit plan --measure` shows neither."""
-    with TensorPeak(cuda=False):
+    with TensorPeak():
         torch.ones(10)
     assert capfd.readouterr().err == ""
