@@ -20,8 +20,9 @@ def measure(recipe: Recipe, *, steps: int = MEASURE_STEPS, batch_size: int | Non
     (peftkit.training.batch_size)."""
     work = prepare_workload(recipe, hardware)
     recipe = work.recipe if batch_size is None else with_batch(work.recipe, batch_size)
-    if recipe.train.batch_size == "auto":
-        return search_batch_size(work).measurement
+    if recipe.train.batch_size == "auto":  # the batch the search picks, stepped again for the tensors' peak
+        choice = search_batch_size(work)
+        recipe = with_batch(work.recipe, choice.batch_size, choice.grad_accum)
     recipe, choices = resolve(recipe, work.hardware, work.precision, config=work.config)
     with Rig(work, recipe, choices) as rig:
         return rig.probe(recipe.train.batch_size, steps, tensors=True)

@@ -77,3 +77,13 @@ def test_a_packed_measurement_is_planned_as_one_row_of_the_measured_width(assets
     assert rows == 1 and width > got.measurement.longest_tokens  # three examples in one row
     assert "train.batch_size=1" in got.overrides and f"data.max_length={width}" in got.overrides
     assert got.estimate.settings.tokens_per_step == width
+
+
+def test_batch_size_auto_is_measured_at_the_chosen_batch_with_the_tensors_peak(assets, tmp_path):
+    base, chat, _ = assets
+    recipe = tiny_recipe(base, chat, tmp_path / "run", data={"max_length": 256},
+                         train={"batch_size": "auto", "effective_batch": 2})
+    got = measure_plan(recipe, steps=1)
+    m = got.measurement
+    assert m.batch_size in (1, 2) and m.tensor_peak_mb is not None  # like the numbered batch: tensors to tensors
+    assert got.ratio == m.tensor_peak_mb * 2**20 / got.estimate_bytes
