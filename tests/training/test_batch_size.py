@@ -66,17 +66,6 @@ def test_a_cap_nothing_reaches_takes_the_whole_effective_batch(roomy):
     assert roomy.recipe.train.batch_size == 8 and roomy.measurement.batch_size == 8
 
 
-def test_a_smaller_cap_picks_a_smaller_batch_and_accumulates_the_rest(assets, roomy, tmp_path):
-    peaks = {t["batch_size"]: t["peak_mb"] for t in roomy.tried}
-    # the longest rows make batch memory visible in the resident set, beyond the margin a CPU peak carries
-    assert peaks[8] > peaks[1] * (1 + CPU_PEAK_MARGIN_SHARE) + 20
-    cap = peaks[8] * 2**20  # batch 8 measured again needs its margin on top: it does not fit
-    choice = search_batch_size(prepare_workload(auto_recipe(assets, tmp_path / "run", 8)), memory_cap_bytes=int(cap))
-    assert choice.batch_size < 8 and choice.batch_size * choice.grad_accum == 8
-    assert choice.measurement.peak_mb * (1 + CPU_PEAK_MARGIN_SHARE) * 2**20 <= cap
-    assert not choice.tried[-1]["fits"] and "% for the resident set's variation" in choice.tried[-1]["why"]
-
-
 def test_a_cap_below_batch_one_is_one_line_naming_the_key(assets, tmp_path):
     with pytest.raises(RecipeError, match="train.batch_size: auto: 1 example per micro-batch does not fit") as err:
         search_batch_size(prepare_workload(auto_recipe(assets, tmp_path / "run", 4)), memory_cap_bytes=2**20)
@@ -92,22 +81,23 @@ from pathlib import Path
 import peftkit
 import peftkit.training.trainer
 from support.tiny_run import tiny_recipe
-from peftkit.training.batch_size import search_batch_size
+from peftkit.training.batch_size import CPU_PEAK_MARGIN_SHARE, search_batch_size
 from peftkit.training.probe import prepare_workload
 base, chat, out = map(Path, sys.argv[1:4])
 def recipe(run_dir):
     return tiny_recipe(base, chat, run_dir, data={"max_length": 256}, eval={"metrics": ["loss"], "before": False},
-                       train={"batch_size": "auto", "effective_batch": 8, "max_steps": 2})
+                       train={"batch_size": "auto", "effective_batch": 16, "max_steps": 2})
 roomy = search_batch_size(prepare_workload(recipe(out / "roomy")), memory_cap_bytes=2**40)
 peaks = {t["batch_size"]: t["peak_mb"] for t in roomy.tried}
-cap = int(peaks[8] * 2**20)
+assert peaks[16] > peaks[1] * (1 + CPU_PEAK_MARGIN_SHARE) + 20, peaks  # batch memory shows beyond the margin
+cap = int(peaks[16] * 2**20)  # batch 16 measured again needs the margin on top: it does not fit
 result = peftkit.train(recipe(out / "run"), memory_cap_bytes=cap)
 print(json.dumps({"cap": cap, "steps": result.metrics.train.steps, "run_dir": str(result.run_dir),
                   "train_mb": result.metrics.train.peak_memory["train_mb"]}))
 """
 
 
-def test_a_run_with_auto_trains_to_the_end_under_the_cap_and_records_the_choice(assets, tmp_path):
+def test_a_smaller_cap_picks_a_smaller_batch_trains_to_the_end_under_it_and_records_the_choice(assets, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", CHILD, *map(str, assets), str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -118,12 +108,13 @@ def test_a_run_with_auto_trains_to_the_end_under_the_cap_and_records_the_choice(
     meta = json.loads((run_dir / "meta.json").read_text())["batch_size"]
     assert child["steps"] == 2
     assert written["batch_size"] == meta["batch_size"] and written["grad_accum"] == meta["grad_accum"]
-    assert written["batch_size"] * written["grad_accum"] == written["effective_batch"] == 8
-    assert written["batch_size"] < 8
-    assert meta["measurement"]["peak_mb"] * 2**20 <= cap and meta["tried"][0]["batch_size"] == 1
+    assert written["batch_size"] * written["grad_accum"] == written["effective_batch"] == 16
+    assert written["batch_size"] < 16 and meta["tried"][0]["batch_size"] == 1
+    assert meta["measurement"]["peak_mb"] * (1 + CPU_PEAK_MARGIN_SHARE) * 2**20 <= cap
+    assert not meta["tried"][-1]["fits"] and "% for the resident set's variation" in meta["tried"][-1]["why"]
     assert child["train_mb"] * 2**20 <= cap
     # a resumed run keeps the recorded batch (the batch order depends on it) without measuring again
-    work = prepare_workload(auto_recipe(assets, tmp_path / "run", 8))
+    work = prepare_workload(auto_recipe(assets, tmp_path / "run", 16))
     again = choose_batch_size(work.recipe, work.hardware, work.precision, tokenizer=None, rows=[], label_names=None,
                               config=None, resume_from=run_dir, memory_cap_bytes=1)
     assert (again.batch_size, again.grad_accum) == (meta["batch_size"], meta["grad_accum"])
