@@ -73,7 +73,8 @@ class PrivateSGD:
         self.dp = DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
                               expected_batch_size=plan.expected_batch, loss_reduction="sum")
         self.plan, self.budget = plan, Budget(plan)
-        self.sampler = PoissonBatches(len(rows), plan.sample_rate, sampling.fresh_secret(), batch_size=batch_size)
+        self.sampler = PoissonBatches(len(rows), plan.sample_rate, sampling.fresh_secret(), batch_size=batch_size,
+                                      lengths=[len(r["input_ids"]) for r in rows])
         self.rows, self.collate, self.device = rows, collate, device
 
     def gradients(self, model: torch.nn.Module, step: int) -> PrivateGrads:

@@ -79,6 +79,25 @@ def test_poisson_draws_are_a_function_of_the_secret_and_step():
     assert all(len(c) <= 16 for c in a.micro_batches(5)) and sum(a.micro_batches(5), []) == a.draw(5)
 
 
+def test_a_draw_is_split_shortest_rows_first_and_the_gradient_is_the_same():
+    lengths = [(7 * i) % 23 + 1 for i in range(1000)]
+    a = PoissonBatches(1000, 0.05, secret=7, batch_size=16, lengths=lengths)
+    chunks = a.micro_batches(5)
+    assert sorted(sum(chunks, [])) == a.draw(5) and all(len(c) <= 16 for c in chunks)  # the same rows, once each
+    flat = [lengths[i] for i in sum(chunks, [])]
+    assert flat == sorted(flat) and flat != [lengths[i] for i in a.draw(5)]
+    # the padding computed falls; the step's gradient (a sum over the draw) does not change with the split
+    padded = lambda cs: sum(len(c) * max(lengths[i] for i in c) for c in cs)  # noqa: E731
+    unsorted = PoissonBatches(1000, 0.05, secret=7, batch_size=16).micro_batches(5)
+    assert padded(chunks) < 0.8 * padded(unsorted)
+    model, params, sgd, rows = private(max_grad_norm=0.05)
+    by_length = sorted(range(6), key=lambda i: len(rows[i]["input_ids"]))
+    assert by_length != list(range(6))
+    assert torch.allclose(grads_for(model, params, sgd, by_length), grads_for(model, params, sgd, list(range(6))),
+                          atol=1e-6)
+    assert sgd.sampler.lengths is not None  # the trainer's PrivateSGD groups by length
+
+
 def test_fit_stops_before_the_step_that_would_exceed_the_target():
     from accelerate import Accelerator
 
