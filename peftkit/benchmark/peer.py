@@ -31,6 +31,9 @@ def comparison_problems(recipe: Recipe) -> list[Problem]:
     if a.lora_plus_ratio is not None:
         out.append(Problem("adapter.lora_plus_ratio", "bench --vs trl: the TRL route has no LoRA+ optimizer; set null",
                            a.lora_plus_ratio, True))
+    if t.modules_to_save_lr is not None:
+        out.append(Problem("train.modules_to_save_lr", "bench --vs trl: the TRL route trains every parameter at "
+                           "train.lr; set null", t.modules_to_save_lr, True))
     if recipe.train.optimizer not in OPTIMIZERS:
         out.append(Problem("train.optimizer", f"bench --vs trl mirrors {', '.join(OPTIMIZERS)}",
                            recipe.train.optimizer, True))

@@ -184,7 +184,8 @@ def train(
     collate = make_collator(tokenizer, packing=packed, task=recipe.model.task, objective=objective)
     sampler = Batches(len(train_rows), recipe.train.batch_size, recipe.train.seed,
                       rank=accelerator.process_index, world=accelerator.num_processes)
-    optimizer = build_optimizer(param_groups(model, recipe.adapter, recipe.train.lr, recipe.train.weight_decay), recipe.train)
+    optimizer = build_optimizer(param_groups(model, recipe.adapter, recipe.train.lr, recipe.train.weight_decay,
+                                              saved_lr=recipe.train.modules_to_save_lr), recipe.train)
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = build_scheduler(optimizer, recipe.train)
     unwrapped = accelerator.unwrap_model(model)

@@ -7,6 +7,7 @@ import torch
 from peft import PeftModel
 
 from peftkit.adapters import after_optimizer_step, attach_adapter, param_groups
+from peftkit.errors import RecipeError
 from peftkit.recipe.schema import AdapterSpec
 
 LR = 1e-3
@@ -74,3 +75,24 @@ def test_after_optimizer_step_leaves_other_methods_alone(tiny_llama):
     before = {n: p.clone() for n, p in model.state_dict().items()}
     after_optimizer_step(model, 1)
     assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+def test_modules_to_save_learn_at_their_own_rate(tiny_llama, train_batch):
+    spec = AdapterSpec(rank=4, dropout=0.0, modules_to_save=("lm_head",))
+    model = attach_adapter(tiny_llama(), spec, task="causal_lm")
+    groups = param_groups(model, spec, LR, 0.0, saved_lr=50 * LR)
+    saved = {n for n, p in model.named_parameters() if ".modules_to_save." in n}
+    assert saved and [g["lr"] for g in groups] == [LR, 50 * LR]
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model(**train_batch).loss.backward()
+    torch.optim.AdamW(groups, lr=LR, weight_decay=0.0).step()  # Adam's first step moves each entry by ~its lr
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters() if p.requires_grad}
+    assert max(moved[n] for n in saved) == pytest.approx(50 * LR, rel=1e-3)
+    assert max(v for n, v in moved.items() if ".lora_B." in n) == pytest.approx(LR, rel=1e-3)
+
+
+def test_a_modules_to_save_lr_without_such_modules_names_the_key(tiny_llama):
+    spec = AdapterSpec(rank=4)
+    model = attach_adapter(tiny_llama(), spec, task="causal_lm")
+    with pytest.raises(RecipeError, match="train.modules_to_save_lr"):
+        param_groups(model, spec, LR, 0.0, saved_lr=0.05)

@@ -15,15 +15,16 @@ def test_lora_recipes_are_comparable(tiny_files):
     assert comparison_problems(recipe) == []
 
 
-@pytest.mark.parametrize("adapter, key", [
-    ({"method": "vera"}, "adapter.method"),
-    ({"lora_plus_ratio": 16}, "adapter.lora_plus_ratio"),
-    ({"init": "olora"}, "adapter.init"),
+@pytest.mark.parametrize("section, values, key", [
+    ("adapter", {"method": "vera"}, "adapter.method"),
+    ("adapter", {"lora_plus_ratio": 16}, "adapter.lora_plus_ratio"),
+    ("adapter", {"init": "olora"}, "adapter.init"),
+    ("train", {"modules_to_save_lr": 0.05}, "train.modules_to_save_lr"),
 ])
-def test_refused_before_anything_runs(tiny_files, tmp_path, adapter, key):
+def test_refused_before_anything_runs(tiny_files, tmp_path, section, values, key):
     _, _, recipe = tiny_files
     raw = recipe.model_dump(mode="json")
-    raw["adapter"].update(adapter)
+    raw[section].update(values)
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe_to_yaml(recipe_from_dict(raw)))
     with pytest.raises(RecipeError) as err:

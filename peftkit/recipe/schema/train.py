@@ -52,6 +52,11 @@ class TrainSpec(Section):
         "batch_size auto, which keeps it; with a number for batch_size it may be stated and must then agree"
     )
     lr: float = Field(2e-4, gt=0, le=1.0, description="peak learning rate")
+    modules_to_save_lr: float | None = Field(
+        None, gt=0, le=1.0, description="peak lr of the modules trained in full (adapter.modules_to_save, e.g. a "
+        "fresh classifier head, which starts from nothing and needs far larger steps than the adapter); the "
+        "schedule scales it like lr; null: lr"
+    )
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps (capped at max_steps, so short runs need no edit)")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
