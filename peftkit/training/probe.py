@@ -136,7 +136,8 @@ class Rig:
             enable_recompute(model, offload=t.checkpoint_offload)
         self.collate = make_collator(work.tokenizer, packing=choices.packing, task=recipe.model.task,
                                      objective=t.objective)
-        optimizer = build_optimizer(param_groups(model, recipe.adapter, t.lr, t.weight_decay, saved_lr=t.modules_to_save_lr), t)
+        groups = param_groups(model, recipe.adapter, t.lr, t.weight_decay, saved_lr=t.modules_to_save_lr)
+        optimizer = build_optimizer(groups, t)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.reference = None
         if t.objective in REFERENCE_OBJECTIVES:
